@@ -1,0 +1,5 @@
+"""`python -m promptrec` runs the CLI."""
+
+from promptrec.cli import main
+
+main()

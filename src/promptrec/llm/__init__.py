@@ -1,0 +1,1 @@
+"""Text-generation backends behind one small interface (see base.py)."""
