@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from promptrec.data import DataError
 
@@ -17,8 +18,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def say(text: str) -> None:
+    """Print a result line verbatim (no markup: paths and labels contain brackets)."""
+    out.print(text, markup=False)
 
 Embed = Annotated[str, typer.Option("--embedder", "-e", help="official (sentence-t5-base), proxy (packaged MiniLM) or a folder")]
 
@@ -32,9 +38,13 @@ def _setup(threads: Annotated[int, typer.Option(help="torch threads (0: PROMPTRE
     set_threads(threads or None)
 
 
+def _warn_line(line: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(line)}")
+
+
 def _warn(frame) -> None:
     for line in frame.attrs.get("warnings", []):
-        err.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+        _warn_line(line)
 
 
 def _options(pairs: list[str]) -> dict[str, object]:
@@ -68,10 +78,10 @@ def clean(
     from promptrec.clean import clean_frame
 
     report, dropped = clean_frame(src, dst, drop_empty=drop_empty)
-    out.print(f"cleaned {report.rows} rows -> {dst}")
+    say(f"cleaned {report.rows} rows -> {dst}")
     for line in report.lines():
-        out.print(f"  {line}")
-    out.print(f"  empty after cleaning: {report.empty}" + (f" (dropped {dropped})" if drop_empty else ""))
+        say(f"  {line}")
+    say(f"  empty after cleaning: {report.empty}" + (f" (dropped {dropped})" if drop_empty else ""))
 
 
 @app.command()
@@ -88,7 +98,7 @@ def embed(
     texts = read_texts(src, column)
     model = load_embedder(embedder)
     emb = save_embeddings(output, texts, model)
-    out.print(f"embedded {len(texts)} texts -> {output} shape {emb.shape} [{model.label}]")
+    say(f"embedded {len(texts)} texts -> {output} shape {emb.shape} [{model.label}]")
 
 
 @app.command()
@@ -102,7 +112,7 @@ def score(
     from promptrec.metric import load_embedder, score_files
 
     result = score_files(pred, truth, load_embedder(embedder), per_row)
-    out.print(str(result), markup=False)
+    say(str(result))
 
 
 @app.command()
@@ -125,8 +135,8 @@ def recover(
         triples = read_table(examples, TRIPLE_COLUMNS)
         _warn(triples)
         chosen.fit(triples)
-    prompts = run(test, output, chosen)
-    out.print(f"wrote {len(prompts)} prompts -> {output} (method {chosen.name})")
+    prompts = run(test, output, chosen, warn=_warn_line)
+    say(f"wrote {len(prompts)} prompts -> {output} (method {chosen.name})")
 
 
 @app.command()
@@ -146,7 +156,7 @@ def train(
     _warn(triples)
     chosen.fit(triples)
     chosen.save(output)
-    out.print(f"trained {method} on {len(triples)} rows -> {output}")
+    say(f"trained {method} on {len(triples)} rows -> {output}")
 
 
 @app.command()
@@ -155,7 +165,7 @@ def methods() -> None:
     from promptrec.methods.base import METHODS
 
     for name in METHODS:
-        out.print(name)
+        say(name)
 
 
 @app.command()
@@ -171,12 +181,12 @@ def bench(name: Annotated[str, typer.Argument(help="benchmark name (a file in be
     runpy.run_path(str(script), run_name="__main__")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning expected errors into one coloured line and exit code 2."""
     try:
-        app()
+        app(args=argv)
     except DataError as error:
-        err.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(str(error))}")
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")

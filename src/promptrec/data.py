@@ -27,7 +27,7 @@ class DataError(ValueError):
 def _where(path: Path, row: int | None = None, column: str | None = None) -> str:
     parts = [str(path)]
     if row is not None:
-        parts.append(f"row {row}")
+        parts.append(f"row {row}" if row else "header")
     if column is not None:
         parts.append(f"column '{column}'")
     return ", ".join(parts)
@@ -120,7 +120,8 @@ def read_table(path: str | Path, columns: Sequence[str] = PAIR_COLUMNS) -> pd.Da
     warnings: list[str] = []
     frame = frame.reset_index(drop=True)
     out = frame.copy()  # extra columns ride along untouched
-    for col in columns:
+    checked = list(columns) + ([ID] if ID in frame.columns and ID not in columns else [])
+    for col in checked:
         if col == ID:
             ids = frame[ID]
             if ids.isna().any() or (ids.astype(str).str.strip() == "").any():

@@ -49,7 +49,7 @@ class Embedder:
     @property
     def dim(self) -> int:
         """Embedding dimension (768 official, 384 proxy)."""
-        return int(self.model.get_sentence_embedding_dimension())
+        return int(self.model.get_embedding_dimension())
 
     @property
     def is_official(self) -> bool:

@@ -1,0 +1,97 @@
+"""The CLI: verb list, help, one-line errors on every bad input, and the foundation's end-to-end runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import EXAMPLES, shared_file
+from promptrec.cli import app, main
+
+BAD = sorted(p for p in (Path(__file__).parent / "data" / "bad").iterdir() if not p.name.startswith("ok_"))
+VERBS = ["clean", "embed", "score", "recover", "train", "methods", "bench"]
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as stop:
+        code = stop.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_verbs_and_help(capsys):
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert names[: len(VERBS)] == VERBS
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and all(verb in out for verb in VERBS)
+
+
+@pytest.mark.parametrize("bad", BAD, ids=lambda p: p.name)
+@pytest.mark.parametrize("verb", ["recover", "score", "clean", "train", "embed"])
+def test_every_reading_verb_fails_in_one_line_and_writes_nothing(capsys, tmp_path, verb, bad):
+    out_file = tmp_path / "out.csv"
+    argv = {
+        "recover": ["recover", bad, "-o", out_file],
+        "score": ["score", bad, EXAMPLES / "test.csv"],
+        "clean": ["clean", bad, out_file],
+        "train": ["train", "constant", bad, "-o", tmp_path / "model"],
+        "embed": ["embed", bad, "-o", tmp_path / "e.npy"],
+    }[verb]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(bad) in lines[0].replace("\n", "")
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [] or [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_recover_never_blank_same_ids_same_order(capsys, tmp_path):
+    code, out, _ = run(capsys, "recover", EXAMPLES / "test.csv", "-o", tmp_path / "sub.csv",
+                       "--set", "prompt=Rewrite this as a poem.")
+    assert code == 0 and "wrote 20 prompts" in out
+    sub = pd.read_csv(tmp_path / "sub.csv", dtype=str, keep_default_na=False)
+    truth = pd.read_csv(EXAMPLES / "test.csv", dtype=str)
+    assert sub.columns.tolist() == ["id", "rewrite_prompt"]
+    assert sub["id"].tolist() == truth["id"].tolist()
+    assert (sub["rewrite_prompt"] == "Rewrite this as a poem.").all()
+
+
+def test_recover_unknown_method_and_option(capsys, tmp_path):
+    code, _, err = run(capsys, "recover", EXAMPLES / "test.csv", "-o", tmp_path / "s.csv", "--method", "nope")
+    assert code == 2 and "unknown method 'nope'" in err
+    code, _, err = run(capsys, "recover", EXAMPLES / "test.csv", "-o", tmp_path / "s.csv", "--set", "colour=red")
+    assert code == 2 and "unknown option 'colour'" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_score_real_file_against_itself_and_a_constant(capsys, tmp_path):
+    data = shared_file("dolly_gemini_500.csv")
+    code, out, _ = run(capsys, "score", data, data, "--per-row", tmp_path / "rows.csv")
+    assert code == 0 and out.strip() == "score 1.0000  [proxy (all-MiniLM-L6-v2), 500 rows]"
+    rows = pd.read_csv(tmp_path / "rows.csv")
+    assert len(rows) == 500 and rows["score"].min() > 0.9999 and set(rows["embedder"]) == {"proxy (all-MiniLM-L6-v2)"}
+    code, out, _ = run(capsys, "recover", data, "-o", tmp_path / "sub.csv")
+    assert code == 0 and "wrote 500 prompts" in out
+    sub = pd.read_csv(tmp_path / "sub.csv", dtype=str, keep_default_na=False)
+    assert len(sub) == 500 and (sub["rewrite_prompt"].str.strip() != "").all()
+    assert sub["id"].tolist() == pd.read_csv(data, dtype=str)["id"].tolist()
+    code, out, _ = run(capsys, "score", tmp_path / "sub.csv", data)
+    mean = float(out.split()[1])
+    assert code == 0 and 0.0 < mean < 0.5 and "[proxy (all-MiniLM-L6-v2), 500 rows]" in out
+
+
+@pytest.mark.slow
+def test_train_constant_select_then_recover_and_embed(capsys, tmp_path):
+    code, out, _ = run(capsys, "train", "constant", EXAMPLES / "test.csv", "-o", tmp_path / "m", "--set", "select=true")
+    assert code == 0
+    code, _, _ = run(capsys, "recover", EXAMPLES / "test.csv", "-o", tmp_path / "sub.csv", "--model", tmp_path / "m")
+    prompts = set(pd.read_csv(tmp_path / "sub.csv")["rewrite_prompt"])
+    assert code == 0 and len(prompts) == 1 and prompts <= set(pd.read_csv(EXAMPLES / "test.csv")["rewrite_prompt"])
+    code, out, _ = run(capsys, "embed", EXAMPLES / "test.csv", "-o", tmp_path / "p.npy")
+    assert code == 0 and "shape (20, 384) [proxy (all-MiniLM-L6-v2)]" in out
