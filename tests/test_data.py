@@ -134,3 +134,16 @@ def test_any_submission_reads_back_identically(tmp_path_factory, rows):
         back = list(csv.reader(handle))
     assert back[0] == ["id", "rewrite_prompt"]
     assert back[1:] == [[i, p] for i, p in zip(ids, prompts)]
+
+
+def test_unusable_output_paths_fail_before_any_work(tmp_path, monkeypatch):
+    import promptrec.data as data
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="cannot create folder"):
+        data.ensure_writable(tmp_path / "file" / "out.csv")
+    with pytest.raises(DataError, match="is a folder"):
+        data.ensure_writable(tmp_path)
+    monkeypatch.setattr(data, "MIN_FREE_BYTES", 2**62)
+    with pytest.raises(DataError, match="disk holding .* is full"):
+        data.ensure_writable(tmp_path / "out.csv")

@@ -188,6 +188,10 @@ def main(argv: list[str] | None = None) -> None:
     except DataError as error:
         err.print(f"[red]error:[/] {escape(str(error))}")
         sys.exit(2)
+    except OSError as error:  # disk full, permissions, vanished files: one line, never a traceback
+        where = f"{error.filename}: " if error.filename else ""
+        err.print(f"[red]error:[/] {escape(where + (error.strerror or str(error)))}")
+        sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         sys.exit(130)

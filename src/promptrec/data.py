@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -18,6 +19,7 @@ PAIR_COLUMNS = (ID, ORIGINAL, REWRITTEN)
 TRIPLE_COLUMNS = (ID, ORIGINAL, PROMPT, REWRITTEN)
 SUBMISSION_COLUMNS = (ID, PROMPT)
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
+MIN_FREE_BYTES = 16 * 2**20  # refuse to start a write with less free disk than this
 
 
 class DataError(ValueError):
@@ -68,9 +70,12 @@ def _read_frame(path: Path) -> pd.DataFrame:
         for line_no, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    records.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise DataError(f"{_where(path, line_no)}: invalid JSON ({err.msg})") from None
+                if not isinstance(record, dict):
+                    raise DataError(f"{_where(path, line_no)}: expected a JSON object per line")
+                records.append(record)
         return pd.DataFrame.from_records(records)
     if "\x00" in text:
         raise DataError(f"{path}: contains NUL bytes; not a text CSV file")
@@ -86,6 +91,10 @@ def _text_column(path: Path, frame: pd.DataFrame, col: str, warnings: list[str])
     series = frame[col]
     if series.dtype != object and not pd.api.types.is_string_dtype(series):
         raise DataError(f"{_where(path, column=col)}: has type {series.dtype}, expected text")
+    wrong = ~series.map(lambda v: isinstance(v, str) or v is None or (isinstance(v, float) and v != v))
+    if wrong.any():
+        row = int(wrong.to_numpy().argmax()) + 1
+        raise DataError(f"{_where(path, row, col)}: expected text, got {type(series.iloc[row - 1]).__name__}")
     missing = series.isna() | (series.astype(str).str.strip() == "")
     for row in (missing.to_numpy().nonzero()[0] + 1)[:5]:
         warnings.append(f"{_where(path, int(row), col)}: empty text (the row still gets a prediction)")
@@ -124,6 +133,9 @@ def read_table(path: str | Path, columns: Sequence[str] = PAIR_COLUMNS) -> pd.Da
     for col in checked:
         if col == ID:
             ids = frame[ID]
+            nested = ids.map(lambda v: isinstance(v, (list, dict, bytes)))
+            if nested.any():
+                raise DataError(f"{_where(path, int(nested.to_numpy().argmax()) + 1, ID)}: expected a scalar id")
             if ids.isna().any() or (ids.astype(str).str.strip() == "").any():
                 row = int((ids.isna() | (ids.astype(str).str.strip() == "")).to_numpy().argmax()) + 1
                 raise DataError(f"{_where(path, row, ID)}: empty id")
@@ -161,9 +173,16 @@ def ensure_writable(path: str | Path) -> Path:
     """Fail early, in one line, if `path` cannot be written (missing or read-only folder)."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"{path}: cannot create folder {folder} ({err.strerror})") from None
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a file path")
     if not os.access(folder, os.W_OK):
         raise DataError(f"{path}: folder {folder} is not writable")
+    if shutil.disk_usage(folder).free < MIN_FREE_BYTES:
+        raise DataError(f"{path}: the disk holding {folder} is full")
     return path
 
 
