@@ -25,7 +25,7 @@ ERRORS = {
     "duplicate_ids.csv": "row 3, column 'id': duplicate id 'a' (first at row 1)",
     "non_utf8.csv": "row 2, column 'rewritten_text': byte 0xff is not valid UTF-8",
     "truncated.csv": "malformed CSV (",
-    "binary.csv": "is not valid UTF-8",
+    "binary.csv": "contains NUL bytes; not a text CSV file",
     "empty_id.csv": "row 1, column 'id': empty id",
     "wrong_types.parquet": "column 'original_text': has type int64, expected text",
     "corrupt.parquet": "not a readable Parquet file",
@@ -147,3 +147,17 @@ def test_unusable_output_paths_fail_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "MIN_FREE_BYTES", 2**62)
     with pytest.raises(DataError, match="disk holding .* is full"):
         data.ensure_writable(tmp_path / "out.csv")
+
+
+def test_chunked_reading_numbers_rows_across_chunks(tmp_path):
+    from promptrec.data import iter_table
+
+    path = tmp_path / "t.csv"
+    path.write_text("id,original_text,rewritten_text\na,1,x\nb,,y\nc,3,z\nd,4,w\na,5,v\n", encoding="utf-8")
+    warnings: list[str] = []
+    chunks = iter_table(path, chunk_rows=2, warnings=warnings)
+    assert next(chunks)["id"].tolist() == ["a", "b"]
+    assert next(chunks)["id"].tolist() == ["c", "d"]
+    with pytest.raises(DataError, match="row 5, column 'id': duplicate id 'a' \\(first at row 1\\)"):
+        next(chunks)
+    assert warnings == [f"{path}, row 2, column 'original_text': empty text (the row still gets a prediction)"]

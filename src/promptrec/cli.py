@@ -135,8 +135,8 @@ def recover(
         triples = read_table(examples, TRIPLE_COLUMNS)
         _warn(triples)
         chosen.fit(triples)
-    prompts = run(test, output, chosen, warn=_warn_line)
-    say(f"wrote {len(prompts)} prompts -> {output} (method {chosen.name})")
+    rows = run(test, output, chosen, warn=_warn_line)
+    say(f"wrote {rows} prompts -> {output} (method {chosen.name})")
 
 
 @app.command()

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import pandas as pd
 
@@ -56,19 +56,29 @@ def _decode(path: Path, raw: bytes) -> str:
         raise DataError(f"{path}: line {line}: byte 0x{bad} is not valid UTF-8") from None
 
 
-def _read_frame(path: Path) -> pd.DataFrame:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        try:
-            return pd.read_parquet(path)
-        except Exception as err:  # pyarrow raises many types for corrupt files
-            raise DataError(f"{path}: not a readable Parquet file ({type(err).__name__})") from None
-    raw = path.read_bytes()
-    text = _decode(path, raw)
-    if suffix == ".jsonl":
-        records = []
-        for line_no, line in enumerate(text.splitlines(), 1):
-            if line.strip():
+def _csv_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    with open(path, "rb") as handle:
+        if b"\x00" in handle.read(65536):
+            raise DataError(f"{path}: contains NUL bytes; not a text CSV file")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            yield from pd.read_csv(handle, dtype=str, keep_default_na=False, chunksize=chunk_rows)
+    except UnicodeDecodeError:
+        _decode(path, path.read_bytes())  # raises a DataError naming the row and column
+        raise
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file is empty") from None
+    except pd.errors.ParserError as err:
+        raise DataError(f"{path}: malformed CSV ({str(err).strip().splitlines()[-1]})") from None
+
+
+def _jsonl_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    records: list[dict] = []
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            for line_no, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as err:
@@ -76,31 +86,117 @@ def _read_frame(path: Path) -> pd.DataFrame:
                 if not isinstance(record, dict):
                     raise DataError(f"{_where(path, line_no)}: expected a JSON object per line")
                 records.append(record)
-        return pd.DataFrame.from_records(records)
-    if "\x00" in text:
-        raise DataError(f"{path}: contains NUL bytes; not a text CSV file")
+                if len(records) == chunk_rows:
+                    yield pd.DataFrame.from_records(records)
+                    records = []
+    except UnicodeDecodeError:
+        _decode(path, path.read_bytes())
+        raise
+    if records:
+        yield pd.DataFrame.from_records(records)
+
+
+def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    import pyarrow.parquet as pq
+
     try:
-        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: file is empty") from None
-    except pd.errors.ParserError as err:
-        raise DataError(f"{path}: malformed CSV ({str(err).strip().splitlines()[-1]})") from None
+        batches = pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
+        for batch in batches:
+            yield batch.to_pandas()
+    except Exception as err:  # pyarrow raises many types for corrupt files
+        raise DataError(f"{path}: not a readable Parquet file ({type(err).__name__})") from None
 
 
-def _text_column(path: Path, frame: pd.DataFrame, col: str, warnings: list[str]) -> pd.Series:
-    series = frame[col]
-    if series.dtype != object and not pd.api.types.is_string_dtype(series):
-        raise DataError(f"{_where(path, column=col)}: has type {series.dtype}, expected text")
-    wrong = ~series.map(lambda v: isinstance(v, str) or v is None or (isinstance(v, float) and v != v))
-    if wrong.any():
-        row = int(wrong.to_numpy().argmax()) + 1
-        raise DataError(f"{_where(path, row, col)}: expected text, got {type(series.iloc[row - 1]).__name__}")
-    missing = series.isna() | (series.astype(str).str.strip() == "")
-    for row in (missing.to_numpy().nonzero()[0] + 1)[:5]:
-        warnings.append(f"{_where(path, int(row), col)}: empty text (the row still gets a prediction)")
-    if missing.sum() > 5:
-        warnings.append(f"{path}: {int(missing.sum())} empty '{col}' cells in all")
-    return series.where(~series.isna(), "").astype(str)
+class _Validator:
+    """Checks chunks of one table in order: columns, ids unique across chunks, text cells."""
+
+    def __init__(self, path: Path, columns: Sequence[str], warnings: list[str]):
+        self.path, self.columns, self.warnings = path, list(columns), warnings
+        self.offset = 0  # rows seen in earlier chunks
+        self.first_row: dict[str, int] = {}  # id -> row where it first appeared
+        self.empty: dict[str, int] = {}  # column -> empty cells so far
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        path = self.path
+        if self.offset == 0:
+            absent = [c for c in self.columns if c not in frame.columns]
+            if absent:
+                found = ", ".join(map(str, frame.columns[:6]))
+                hint = ""
+                if len(frame.columns) == 1 and any(d in str(frame.columns[0]) for d in ";\t|"):
+                    hint = " (the delimiter looks wrong: use commas)"
+                raise DataError(f"{_where(path, 0)}: missing column '{absent[0]}' (found: {found}){hint}")
+            if ID in frame.columns and ID not in self.columns:
+                self.columns.append(ID)
+        out = frame.reset_index(drop=True).copy()  # extra columns ride along untouched
+        for col in self.columns:
+            out[col] = self._ids(frame[col].reset_index(drop=True)) if col == ID else self._text(out[col], col)
+        self.offset += len(frame)
+        return out
+
+    def _row(self, mask: pd.Series) -> int:
+        return self.offset + int(mask.to_numpy().argmax()) + 1
+
+    def _ids(self, ids: pd.Series) -> pd.Series:
+        nested = ids.map(lambda v: isinstance(v, (list, dict, bytes)))
+        if nested.any():
+            raise DataError(f"{_where(self.path, self._row(nested), ID)}: expected a scalar id")
+        blank = ids.isna() | (ids.astype(str).str.strip() == "")
+        if blank.any():
+            raise DataError(f"{_where(self.path, self._row(blank), ID)}: empty id")
+        ids = ids.astype(str)
+        for local, value in enumerate(ids):
+            first = self.first_row.setdefault(value, self.offset + local + 1)
+            if first != self.offset + local + 1:
+                row = self.offset + local + 1
+                raise DataError(f"{_where(self.path, row, ID)}: duplicate id '{value}' (first at row {first})")
+        return ids
+
+    def _text(self, series: pd.Series, col: str) -> pd.Series:
+        if series.dtype != object and not pd.api.types.is_string_dtype(series):
+            raise DataError(f"{_where(self.path, column=col)}: has type {series.dtype}, expected text")
+        wrong = ~series.map(lambda v: isinstance(v, str) or v is None or (isinstance(v, float) and v != v))
+        if wrong.any():
+            row = self._row(wrong)
+            kind = type(series.iloc[row - self.offset - 1]).__name__
+            raise DataError(f"{_where(self.path, row, col)}: expected text, got {kind}")
+        missing = series.isna() | (series.astype(str).str.strip() == "")
+        for local in missing.to_numpy().nonzero()[0]:
+            count = self.empty[col] = self.empty.get(col, 0) + 1
+            if count <= 5:
+                where = _where(self.path, self.offset + int(local) + 1, col)
+                self.warnings.append(f"{where}: empty text (the row still gets a prediction)")
+        return series.where(~series.isna(), "").astype(str)
+
+    def finish(self) -> None:
+        """Fail on a table without rows; summarise empty cells beyond the first few."""
+        if self.offset == 0:
+            raise DataError(f"{self.path}: header only, no data rows")
+        for col, count in self.empty.items():
+            if count > 5:
+                self.warnings.append(f"{self.path}: {count} empty '{col}' cells in all")
+
+
+def iter_table(path: str | Path, columns: Sequence[str] = PAIR_COLUMNS, chunk_rows: int = 10_000,
+               warnings: list[str] | None = None) -> Iterator[pd.DataFrame]:
+    """Read a CSV/Parquet/JSONL table in validated chunks, for files larger than memory.
+
+    Ids are checked unique across chunks; warnings (empty texts) are appended to `warnings`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type '{path.suffix}' (use {', '.join(TABLE_SUFFIXES)})")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    chunks = {".csv": _csv_chunks, ".jsonl": _jsonl_chunks, ".parquet": _parquet_chunks}[suffix]
+    validate = _Validator(path, columns, warnings if warnings is not None else [])
+    for frame in chunks(path, chunk_rows):
+        if len(frame):
+            yield validate(frame)
+    validate.finish()
 
 
 def read_table(path: str | Path, columns: Sequence[str] = PAIR_COLUMNS) -> pd.DataFrame:
@@ -109,48 +205,11 @@ def read_table(path: str | Path, columns: Sequence[str] = PAIR_COLUMNS) -> pd.Da
     Empty or NaN texts are kept as "" and listed in `frame.attrs["warnings"]`.
     Example: `read_table("test.csv")[["id", "rewritten_text"]]`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    if path.suffix.lower() not in TABLE_SUFFIXES:
-        raise DataError(f"{path}: unsupported file type '{path.suffix}' (use {', '.join(TABLE_SUFFIXES)})")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty")
-    frame = _read_frame(path)
-    absent = [c for c in columns if c not in frame.columns]
-    if absent:
-        found = ", ".join(map(str, frame.columns[:6]))
-        hint = ""
-        if len(frame.columns) == 1 and any(d in str(frame.columns[0]) for d in ";\t|"):
-            hint = " (the delimiter looks wrong: use commas)"
-        raise DataError(f"{_where(path, 0)}: missing column '{absent[0]}' (found: {found}){hint}")
-    if len(frame) == 0:
-        raise DataError(f"{path}: header only, no data rows")
     warnings: list[str] = []
-    frame = frame.reset_index(drop=True)
-    out = frame.copy()  # extra columns ride along untouched
-    checked = list(columns) + ([ID] if ID in frame.columns and ID not in columns else [])
-    for col in checked:
-        if col == ID:
-            ids = frame[ID]
-            nested = ids.map(lambda v: isinstance(v, (list, dict, bytes)))
-            if nested.any():
-                raise DataError(f"{_where(path, int(nested.to_numpy().argmax()) + 1, ID)}: expected a scalar id")
-            if ids.isna().any() or (ids.astype(str).str.strip() == "").any():
-                row = int((ids.isna() | (ids.astype(str).str.strip() == "")).to_numpy().argmax()) + 1
-                raise DataError(f"{_where(path, row, ID)}: empty id")
-            ids = ids.astype(str)
-            dup = ids.duplicated()
-            if dup.any():
-                row = int(dup.to_numpy().argmax())
-                first = int((ids == ids[row]).to_numpy().argmax()) + 1
-                raise DataError(f"{_where(path, row + 1, ID)}: duplicate id '{ids[row]}' (first at row {first})")
-            out[ID] = ids
-        else:
-            out[col] = _text_column(path, frame, col, warnings)
-    out.attrs["warnings"] = warnings
-    out.attrs["path"] = str(path)
-    return out
+    frame = pd.concat(list(iter_table(path, columns, warnings=warnings)), ignore_index=True)
+    frame.attrs["warnings"] = warnings
+    frame.attrs["path"] = str(path)
+    return frame
 
 
 def read_texts(path: str | Path, column: str) -> list[str]:
@@ -220,12 +279,22 @@ def write_table(path: str | Path, frame: pd.DataFrame) -> None:
 
 def write_submission(path: str | Path, ids: Sequence[str], prompts: Sequence[str]) -> None:
     """Write `id,rewrite_prompt` in input order; refuses blank prompts (the competition errors on them)."""
-    if len(ids) != len(prompts):
-        raise ValueError(f"{len(ids)} ids but {len(prompts)} prompts")
-    for row, prompt in enumerate(prompts, 1):
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"row {row} (id {ids[row - 1]}): blank prompt; a method must never return one")
+    write_submission_chunks(path, [(ids, prompts)])
+
+
+def write_submission_chunks(path: str | Path, chunks: Iterable[tuple[Sequence[str], Sequence[str]]]) -> int:
+    """Stream (ids, prompts) chunks into one submission, atomically; returns the rows written."""
+    rows = 0
     with atomic_write(path) as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(SUBMISSION_COLUMNS)
-        writer.writerows(zip(ids, prompts))
+        for ids, prompts in chunks:
+            if len(ids) != len(prompts):
+                raise ValueError(f"{len(ids)} ids but {len(prompts)} prompts")
+            for offset, prompt in enumerate(prompts):
+                if not isinstance(prompt, str) or not prompt.strip():
+                    row = rows + offset + 1
+                    raise ValueError(f"row {row} (id {ids[offset]}): blank prompt; a method must never return one")
+            writer.writerows(zip(ids, prompts))
+            rows += len(ids)
+    return rows

@@ -5,20 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from promptrec.data import ID, ensure_writable, read_table, write_submission
+from promptrec.data import ID, ensure_writable, iter_table, write_submission_chunks
 from promptrec.methods.base import Method, never_blank
 
 
 def recover(test_path: str | Path, out_path: str | Path, method: Method,
-            warn: Callable[[str], None] | None = None) -> list[str]:
-    """Predict one prompt per row of `test_path` and write `id,rewrite_prompt` atomically to `out_path`.
+            warn: Callable[[str], None] | None = None, chunk_rows: int = 10_000) -> int:
+    """Predict one prompt per row of `test_path`, streamed in chunks, into `id,rewrite_prompt` at `out_path`.
 
-    Example: `recover("test.csv", "submission.csv", from_name("constant"))`.
+    Returns the number of rows written. Example: `recover("test.csv", "sub.csv", from_name("constant"))`.
     """
     ensure_writable(out_path)
-    pairs = read_table(test_path)
-    for line in pairs.attrs["warnings"] if warn else []:
+    warnings: list[str] = []
+
+    def predicted():
+        for pairs in iter_table(test_path, chunk_rows=chunk_rows, warnings=warnings):
+            yield pairs[ID].tolist(), never_blank(method.predict(pairs))
+
+    rows = write_submission_chunks(out_path, predicted())
+    for line in warnings if warn else []:
         warn(line)
-    prompts = never_blank(method.predict(pairs))
-    write_submission(out_path, pairs[ID].tolist(), prompts)
-    return prompts
+    return rows

@@ -1,0 +1,41 @@
+"""Streaming recover: chunking changes nothing in the output, and a failing method leaves no file."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from promptrec.methods.constant import ConstantConfig, ConstantMethod
+from promptrec.recover import recover
+
+
+class EchoLength:
+    """A toy method whose prompt depends on the row, to check order across chunks; blank on empty text."""
+
+    name = "echo"
+
+    def predict(self, pairs):
+        return [f"len {len(t)}" if t else "" for t in pairs["rewritten_text"]]
+
+
+def test_chunked_output_equals_one_chunk_and_blanks_fall_back(tmp_path):
+    src = tmp_path / "pairs.csv"
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(25)], "original_text": "o",
+                          "rewritten_text": ["x" * (i % 7) for i in range(25)]})
+    frame.to_csv(src, index=False)
+    assert recover(src, tmp_path / "one.csv", EchoLength(), chunk_rows=100) == 25
+    assert recover(src, tmp_path / "many.csv", EchoLength(), chunk_rows=4) == 25
+    one, many = (tmp_path / "one.csv").read_text(), (tmp_path / "many.csv").read_text()
+    assert one == many
+    sub = pd.read_csv(tmp_path / "one.csv", dtype=str)
+    assert sub["id"].tolist() == frame["id"].tolist()
+    assert sub["rewrite_prompt"][0] == "Rewrite this text in a different style." and sub["rewrite_prompt"][3] == "len 3"
+
+
+def test_bad_row_late_in_the_file_leaves_no_output(tmp_path):
+    src = tmp_path / "pairs.csv"
+    src.write_text("id,original_text,rewritten_text\n" + "".join(f"r{i},a,b\n" for i in range(9)) + "r0,a,b\n")
+    out = tmp_path / "sub.csv"
+    with pytest.raises(Exception, match="duplicate id 'r0'"):
+        recover(src, out, ConstantMethod(ConstantConfig(prompt="p")), chunk_rows=3)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["pairs.csv"]
