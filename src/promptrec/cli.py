@@ -97,7 +97,7 @@ def embed(
 
     texts = read_texts(src, column)
     model = load_embedder(embedder)
-    emb = save_embeddings(output, texts, model)
+    emb = save_embeddings(output, texts, model, progress=err.is_terminal)
     say(f"embedded {len(texts)} texts -> {output} shape {emb.shape} [{model.label}]")
 
 
@@ -111,7 +111,7 @@ def score(
     """Mean sharpened cosine similarity of predicted vs true prompts, labelled with its embedder."""
     from promptrec.metric import load_embedder, score_files
 
-    result = score_files(pred, truth, load_embedder(embedder), per_row)
+    result = score_files(pred, truth, load_embedder(embedder), per_row, progress=err.is_terminal)
     say(str(result))
 
 

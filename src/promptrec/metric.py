@@ -119,17 +119,18 @@ class ScoreResult:
         return f"score {self.mean:.4f}  [{self.label}, {len(self.per_row)} rows]"
 
 
-def score(predictions: Sequence[str], truths: Sequence[str], embedder: Embedder) -> ScoreResult:
+def score(predictions: Sequence[str], truths: Sequence[str], embedder: Embedder,
+          progress: bool = False) -> ScoreResult:
     """Score predicted prompts against true ones, as the competition did."""
     if len(predictions) != len(truths):
         raise DataError(f"{len(predictions)} predictions but {len(truths)} true prompts")
-    emb = embedder.encode(list(predictions) + list(truths))
+    emb = embedder.encode(list(predictions) + list(truths), progress=progress)
     per_row = sharpened_cosine(emb[: len(predictions)], emb[len(predictions) :])
     return ScoreResult(float(per_row.mean()), per_row, embedder.label)
 
 
 def score_files(pred_path: str | Path, truth_path: str | Path, embedder: Embedder,
-                per_row_path: str | Path | None = None) -> ScoreResult:
+                per_row_path: str | Path | None = None, progress: bool = False) -> ScoreResult:
     """Score a submission against a truth file, matching rows by id; optionally write per-row scores."""
     from promptrec.data import ID, PROMPT, read_table, write_table
 
@@ -142,7 +143,7 @@ def score_files(pred_path: str | Path, truth_path: str | Path, embedder: Embedde
     if missing:
         raise DataError(f"{pred_path}: column '{ID}': no prediction for id '{missing[0]}' ({len(missing)} missing)")
     predicted = dict(zip(pred[ID], pred[PROMPT]))
-    result = score([predicted[i] for i in truth[ID]], truth[PROMPT].tolist(), embedder)
+    result = score([predicted[i] for i in truth[ID]], truth[PROMPT].tolist(), embedder, progress)
     if per_row_path:
         import pandas as pd
 
@@ -158,12 +159,12 @@ def text_digest(texts: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def save_embeddings(path: str | Path, texts: Sequence[str], embedder: Embedder) -> np.ndarray:
+def save_embeddings(path: str | Path, texts: Sequence[str], embedder: Embedder, progress: bool = False) -> np.ndarray:
     """Embed `texts` and cache them as PATH (.npy) plus PATH.json naming embedder and texts."""
     path = Path(path)
     if path.suffix != ".npy":
         raise DataError(f"{path}: the embedding cache must end in .npy")
-    emb = embedder.encode(texts)
+    emb = embedder.encode(texts, progress=progress)
     with atomic_write(path, "wb") as handle:
         np.save(handle, emb, allow_pickle=False)
     with atomic_write(path.with_suffix(".json")) as handle:
