@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from promptrec.data import DataError
+from promptrec.data import DataError, atomic_write
 
 # Scores a batch of candidate texts: higher is better, one float per text.
 Objective = Callable[[list[str]], np.ndarray]
@@ -188,3 +190,12 @@ def optimize_prompts(prompts: Sequence[str], embedder, start: str | None = None,
                               if held else (None, None))
     return PromptReport(result, start, embedder.label, len(train), len(held),
                         float(objective([start])[0]), held_start, held_final)
+
+
+def save_report(path: str | Path, report: PromptReport) -> None:
+    """Write the optimiser's result, held-out scores and trajectory as JSON (atomically)."""
+    payload = {**{k: v for k, v in asdict(report).items() if k != "result"},
+               "text": report.result.text, "score": report.result.score, "evaluated": report.result.evaluated,
+               "trajectory": [asdict(step) for step in report.result.trajectory]}
+    with atomic_write(path) as handle:
+        json.dump(payload, handle, indent=2)

@@ -94,11 +94,12 @@ class EnsembleMethod:
         if unknown:
             raise DataError(f"ensemble: member_config names '{unknown[0]}', which is not a member label")
         # Prefit members (e.g. from a cross-validation fold) are used as given; the rest are built here.
+        members = members or {}
         self.members: dict[str, Method] = {
-            label: (members or {}).get(label) or from_name(name, **self.config.member_config.get(label, {}))
+            label: members[label] if label in members else from_name(name, **self.config.member_config.get(label, {}))
             for label, name in self.specs
         }
-        self.prefit = set(members or {})  # labels that fit leaves as they are
+        self.prefit = set(members) & set(self.members)  # labels that fit leaves as they are
         self.embedder = None  # set to inject an embedder (tests); otherwise config.embedder is loaded on use
         self.fit_seconds: dict[str, float] = {}
 
