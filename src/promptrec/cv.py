@@ -304,7 +304,7 @@ def write_plots(result: CVResult) -> list[tuple[str, str]]:
     made = []
 
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * len(methods)))
-    ax.boxplot([oof.loc[oof[METHOD] == m, SCORE] for m in methods], vert=False, showmeans=True)
+    ax.boxplot([oof.loc[oof[METHOD] == m, SCORE] for m in methods], orientation="horizontal", showmeans=True)
     ax.set_yticks(range(1, len(methods) + 1), methods)
     ax.set_xlabel(f"per-row score (cos**3) [{label}]")
     ax.set_title("Score distribution per method")
