@@ -218,7 +218,7 @@ def cv(
 
 @app.command("optimize-prompt")
 def optimize_prompt(
-    prompts: Annotated[Path, typer.Argument(help="prompts: JSON list, .txt lines, or a table's rewrite_prompt column")],
+    prompts: Annotated[list[Path], typer.Argument(help="prompt files: JSON lists, .txt lines, or tables' rewrite_prompt column")],
     embedder: Embed = "proxy",
     start: Annotated[Optional[str], typer.Option(help="start text (default: the best training prompt)")] = None,
     steps: Annotated[int, typer.Option(help="beam-search steps at most")] = 30,
@@ -235,11 +235,11 @@ def optimize_prompt(
     from promptrec.metric import load_embedder
     from promptrec.optimize import OptimizeSettings, optimize_prompts, save_report
 
-    texts = read_texts(prompts, "rewrite_prompt")
+    texts = [text for path in prompts for text in read_texts(path, "rewrite_prompt")]
     model = load_embedder(embedder)
     settings = OptimizeSettings(steps=steps, seconds=seconds, beam=beam, edits=edits, vocab_size=vocab_size, seed=seed)
     report = optimize_prompts(texts, model, start, settings, holdout,
-                              on_step=lambda s: out.print(f"step {s.step:3d}  {s.score:.4f}  {s.text}", markup=False))
+                              on_step=lambda s: out.print(f"step {s.step:3d}  {s.score:.4f}  {s.text}", markup=False, soft_wrap=True))
     out.print(f"train ({report.train_rows} prompts): start {report.train_start:.4f} -> final {report.result.score:.4f} "
               f"[{report.label}]", markup=False)
     if report.holdout_rows:

@@ -274,7 +274,10 @@ def write_report(result: CVResult, specs: list[Spec], table: pd.DataFrame, fold_
         f"- scored rows: {scored} of {len(table)}" + (f" (limit {settings.limit} held-out rows per fold, seeded subsample)"
                                                       if settings.limit else " (all held-out rows)"),
         "- options: " + ("; ".join(f"{s.label} = {s.name} {json.dumps(s.options, default=str)}" for s in specs)),
-        f"- best by mean over folds: **{best}** ({stats.loc[best, 'mean']:.4f} [{label}])", "",
+        f"- best by mean over folds: **{best}** ({stats.loc[best, 'mean']:.4f} [{label}])",
+        *(["- an ensemble reuses members that ran alone in the same fold and invocation (same name and options); "
+           "its fit/predict seconds then exclude those members"] if any(s.name == EnsembleMethod.name for s in specs) else []),
+        "",
         f"## Scores [{label}]", "", _markdown(main), "",
         f"## Per fold [{label}]", "", _markdown(folds), "",
     ]
