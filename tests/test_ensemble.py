@@ -171,3 +171,10 @@ def test_fit_ensemble_saves_a_recoverable_model(tmp_path):
     assert loaded.predict(PAIRS) == ["Rewrite this text in a different style. Shout it."] * 2
     with pytest.raises(DataError, match="not among the methods"):
         fit_ensemble([data], tmp_path / "m2", ["constant"], {"other": {"prompt": "x"}})
+
+
+def test_fit_optimises_a_suffix_on_the_training_prompts(word_embedder):
+    method = _ensemble(word_embedder, mode="concat", members=["c=column"], suffix_steps=3)
+    method.fit(PAIRS.assign(rewrite_prompt=["pirate", "pirate"]))
+    assert method.config.suffix == "pirate"  # the best training prompt already scores 1.0; pruning keeps it
+    assert method.predict(PAIRS) == ["formal pirate", "formal pirate"]

@@ -171,6 +171,11 @@ def bench(name: Annotated[str, typer.Argument(help="benchmark name (a file in be
     runpy.run_path(str(script), run_name="__main__")
 
 
+def _say(line: str) -> None:
+    """Print a progress line as is (no markup, no wrapping)."""
+    out.print(line, markup=False, soft_wrap=True)
+
+
 def _labelled_options(config: Optional[Path], settings: list[str]) -> dict[str, dict[str, object]]:
     """Options per method label from a YAML/JSON file (label: {key: value}) and `--set label.key=value`."""
     from promptrec.methods.base import load_config_file
@@ -209,7 +214,7 @@ def cv(
     from promptrec.cv import CVSettings, run_cv, summary
 
     result = run_cv(data, methods.split(","), output, _labelled_options(config, setting),
-                    CVSettings(folds=folds, seed=seed, limit=limit), embedder, log=lambda line: out.print(line, markup=False, soft_wrap=True))
+                    CVSettings(folds=folds, seed=seed, limit=limit), embedder, log=_say)
     for label, row in summary(result).iterrows():
         out.print(f"{label}: {row['mean']:.4f} ± {row['std']:.4f} over {folds} folds [{result.label}, {int(row['rows'])} rows]",
                   markup=False)
@@ -239,7 +244,7 @@ def optimize_prompt(
     model = load_embedder(embedder)
     settings = OptimizeSettings(steps=steps, seconds=seconds, beam=beam, edits=edits, vocab_size=vocab_size, seed=seed)
     report = optimize_prompts(texts, model, start, settings, holdout,
-                              on_step=lambda s: out.print(f"step {s.step:3d}  {s.score:.4f}  {s.text}", markup=False, soft_wrap=True))
+                              on_step=lambda s: _say(f"step {s.step:3d}  {s.score:.4f}  {s.text}"))
     out.print(f"train ({report.train_rows} prompts): start {report.train_start:.4f} -> final {report.result.score:.4f} "
               f"[{report.label}]", markup=False)
     if report.holdout_rows:
@@ -254,7 +259,8 @@ def optimize_prompt(
 def fit(
     data: Annotated[list[Path], typer.Argument(help="triple files to train on")],
     output: Annotated[Path, typer.Option("-o", "--output", help="folder for the ensemble (use with recover --model)")],
-    methods: Annotated[Optional[str], typer.Option("--methods", "-m", help="members, 'name' or 'label=name' (default: all registered)")] = None,
+    methods: Annotated[Optional[str], typer.Option(
+        "--methods", "-m", help="members, 'name' or 'label=name' (default: all registered)")] = None,
     config: LabelConfig = None,
     setting: LabelSet = [],
 ) -> None:
@@ -262,7 +268,7 @@ def fit(
     from promptrec.methods.ensemble import fit_ensemble
 
     ensemble = fit_ensemble(data, output, methods.split(",") if methods else None, _labelled_options(config, setting),
-                            log=lambda line: out.print(line, markup=False, soft_wrap=True))
+                            log=_say)
     out.print(f"saved ensemble ({ensemble.config.mode}; members {', '.join(ensemble.members)}) -> {output}")
 
 

@@ -175,7 +175,10 @@ def split_holdout(prompts: Sequence[str], fraction: float, seed: int) -> tuple[l
 def optimize_prompts(prompts: Sequence[str], embedder, start: str | None = None,
                      settings: OptimizeSettings | None = None, holdout: float = 0.0,
                      on_step: Callable[[Step], None] | None = None) -> PromptReport:
-    """Find one text maximising the mean score against `prompts` under `embedder`; the start defaults to the best training prompt."""
+    """Find one text maximising the mean score against `prompts` under `embedder`.
+
+    The start defaults to the best training prompt; `holdout` keeps that fraction of distinct prompts aside.
+    """
     from promptrec.methods.constant import best_constant
 
     settings = settings or OptimizeSettings()

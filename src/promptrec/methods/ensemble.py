@@ -119,8 +119,10 @@ class EnsembleMethod:
         if self.config.suffix_steps > 0:
             from promptrec.optimize import OptimizeSettings, optimize_prompts
 
-            settings = OptimizeSettings(steps=self.config.suffix_steps, seconds=self.config.suffix_seconds, seed=self.config.seed)
-            self.config.suffix = optimize_prompts(triples[PROMPT].tolist(), self._embedder(), settings=settings).result.text
+            settings = OptimizeSettings(steps=self.config.suffix_steps, seconds=self.config.suffix_seconds,
+                                        seed=self.config.seed)
+            report = optimize_prompts(triples[PROMPT].tolist(), self._embedder(), settings=settings)
+            self.config.suffix = report.result.text
 
     def candidates(self, pairs: pd.DataFrame) -> dict[str, list[str]]:
         """Each member's prompts for the pairs, by member label."""
