@@ -105,6 +105,8 @@ def test_specs_and_sources_are_checked(tmp_path):
     assert [(s.label, s.name, s.options) for s in specs] == [("constant", "constant", {}), ("b", "constant", {"prompt": "x"})]
     with pytest.raises(DataError, match="not among the methods"):
         parse_specs(["constant"], {"zzz": {}})
+    with pytest.raises(DataError, match="method 'e', member 'x': unknown option 'colour'"):
+        parse_specs(["e=ensemble"], {"e": {"members": ["x=constant"], "member_config": {"x": {"colour": 1}}}})
     one = _triples(tmp_path / "a.csv", "a", 6, ["p"])
     (tmp_path / "sub").mkdir()
     two = _triples(tmp_path / "sub" / "a.csv", "b", 6, ["p"])

@@ -17,8 +17,10 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, TRIPLE_COLUMNS, DataError, atomic_write, read_table, write_table
-from promptrec.methods.base import config_from_dict, from_name
+from promptrec.data import (
+    ID, ORIGINAL, PROMPT, REWRITTEN, TRIPLE_COLUMNS, DataError, atomic_write, ensure_writable, read_table, write_table,
+)
+from promptrec.methods.base import config_from_dict, from_name, method_class, never_blank
 from promptrec.methods.ensemble import EnsembleMethod, parse_members
 
 SOURCE, FOLD, METHOD, PREDICTION, SCORE = "source", "fold", "method", "prediction", "score"
@@ -65,7 +67,18 @@ def parse_specs(methods: list[str], options: dict[str, dict[str, Any]]) -> list[
     unknown = sorted(set(options) - labels)
     if unknown:
         raise DataError(f"options for '{unknown[0]}', which is not among the methods ({', '.join(sorted(labels))})")
-    return [Spec(label, name, dict(options.get(label, {}))) for label, name in pairs]
+    specs = [Spec(label, name, dict(options.get(label, {}))) for label, name in pairs]
+    for spec in specs:  # bad options fail now, not after hours of other folds
+        _check_options(spec.name, spec.options, f"method '{spec.label}'")
+    return specs
+
+
+def _check_options(name: str, options: dict[str, Any], source: str) -> None:
+    """Build the config of `name` (and of an ensemble's members) to reject unknown options early."""
+    config = config_from_dict(method_class(name).Config, dict(options), source)
+    if name == EnsembleMethod.name:
+        for label, member in parse_members(config.members):
+            _check_options(member, config.member_config.get(label, {}), f"{source}, member '{label}'")
 
 
 def read_sources(paths: list[str | Path]) -> pd.DataFrame:
@@ -165,7 +178,9 @@ def run_cv(data: list[str | Path], methods: list[str], output: str | Path,
     settings = settings or CVSettings()
     specs = parse_specs(methods, options or {})
     output = Path(output)
-    (output / "parts").mkdir(parents=True, exist_ok=True)
+    if output.exists() and not output.is_dir():
+        raise DataError(f"{output}: exists and is not a folder (the report is a folder)")
+    ensure_writable(output / "parts" / "report.md")
     table = read_sources(data)
     fold_of = group_folds(table[ORIGINAL].tolist(), settings.folds, settings.seed)
     embedder = load_embedder(embedder) if isinstance(embedder, str) else embedder
@@ -195,7 +210,7 @@ def run_cv(data: list[str | Path], methods: list[str], output: str | Path,
                 if spec.key in wanted:
                     method = fitted[spec.key] = _Memo(method)
                 start = time.perf_counter()
-                predictions = [str(p) for p in method.predict(pairs)]
+                predictions = never_blank(method.predict(pairs))  # as `recover` would submit them
                 predict_seconds = time.perf_counter() - start
                 result = score(predictions, test[PROMPT].tolist(), embedder)
                 record = {"label": spec.label, "method": spec.name, "options": spec.options, "fold": fold,
