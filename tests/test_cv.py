@@ -173,8 +173,9 @@ def test_cli_cv_fit_recover_and_optimize(tmp_path):
                                "--set", "best.select=true", "-o", str(tmp_path / "cv")])
     assert done.exit_code == 0, done.output
     assert "best: " in done.output and "[proxy (all-MiniLM-L6-v2), 24 rows]" in done.output
+    (tmp_path / "opts.yaml").write_text("best: {select: true}\nensemble:\n  mode: concat\n")
     done = runner.invoke(app, ["fit", str(data), "-o", str(tmp_path / "models"), "-m", "constant,best=constant",
-                               "--set", "best.select=true", "--set", "ensemble.mode=concat"])
+                               "--config", str(tmp_path / "opts.yaml")])
     assert done.exit_code == 0, done.output
     assert (tmp_path / "models" / "best" / "method.json").is_file()
     done = runner.invoke(app, ["recover", str(data), "--model", str(tmp_path / "models"), "-o", str(tmp_path / "sub.csv")])

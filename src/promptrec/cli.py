@@ -110,7 +110,7 @@ def recover(
     test: Annotated[Path, typer.Argument(help="pairs: id,original_text,rewritten_text")],
     output: Annotated[Path, typer.Option("-o", "--output", help="submission CSV to write")] = Path("submission.csv"),
     method: Annotated[str, typer.Option(help="method name (see `promptrec methods`)")] = "constant",
-    model: Annotated[Optional[Path], typer.Option(help="folder saved by `promptrec train` (overrides --method)")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="folder saved by `promptrec train` or `promptrec fit` (overrides --method)")] = None,
     examples: Annotated[Optional[Path], typer.Option(help="triples to fit the method on before recovering")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML/JSON file of method options")] = None,
     setting: Annotated[list[str], typer.Option("--set", help="method option key=value (repeatable)")] = [],
