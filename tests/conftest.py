@@ -67,3 +67,30 @@ def tiny_t5_embedder_dir(tmp_path_factory) -> Path:
     model.save(str(out))
     shutil.copy(root / "spiece.model", out / "spiece.model")  # the hub's sentence-t5-base ships it too
     return out
+
+
+# --- cv / ensemble / optimiser fixtures -------------------------------------------------------------
+class WordEmbedder:
+    """Deterministic toy metric embedder: a text is the normalised sum of its known words' axes."""
+
+    AXES = ("pirate", "formal", "poem", "short")
+    label = "fixture (4 words)"
+    dim = len(AXES)
+
+    def encode(self, texts, progress: bool = False):
+        import numpy as np
+
+        rows = np.zeros((len(texts), self.dim), dtype=np.float32)  # (n, 4)
+        for i, text in enumerate(texts):
+            for word in str(text).lower().split():
+                if word.strip(".,") in self.AXES:
+                    rows[i, self.AXES.index(word.strip(".,"))] += 1.0
+            if not rows[i].any():
+                rows[i] = 0.1  # texts without a known word share one direction
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def word_embedder() -> WordEmbedder:
+    """The toy 4-word embedder (label 'fixture (4 words)')."""
+    return WordEmbedder()

@@ -26,6 +26,7 @@ def say(text: str) -> None:
     """Print a result line verbatim (no markup: paths and labels contain brackets)."""
     out.print(text, markup=False)
 
+
 Embed = Annotated[str, typer.Option("--embedder", "-e", help="official (sentence-t5-base), proxy (packaged MiniLM) or a folder")]
 
 
@@ -120,7 +121,7 @@ def recover(
     test: Annotated[Path, typer.Argument(help="pairs: id,original_text,rewritten_text")],
     output: Annotated[Path, typer.Option("-o", "--output", help="submission CSV to write")] = Path("submission.csv"),
     method: Annotated[str, typer.Option(help="method name (see `promptrec methods`)")] = "constant",
-    model: Annotated[Optional[Path], typer.Option(help="folder saved by `promptrec train` (overrides --method)")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="folder saved by `promptrec train` or `promptrec fit` (overrides --method)")] = None,
     examples: Annotated[Optional[Path], typer.Option(help="triples to fit the method on before recovering")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML/JSON file of method options")] = None,
     setting: Annotated[list[str], typer.Option("--set", help="method option key=value (repeatable)")] = [],
@@ -179,6 +180,101 @@ def bench(name: Annotated[str, typer.Argument(help="benchmark name (a file in be
         known = ", ".join(sorted(p.stem for p in folder.glob("*.py"))) or "none found"
         raise DataError(f"unknown benchmark '{name}' (known: {known})")
     runpy.run_path(str(script), run_name="__main__")
+
+
+def _labelled_options(config: Optional[Path], settings: list[str]) -> dict[str, dict[str, object]]:
+    """Options per method label from a YAML/JSON file (label: {key: value}) and `--set label.key=value`."""
+    from promptrec.methods.base import load_config_file
+
+    values: dict[str, dict[str, object]] = {}
+    for label, options in (load_config_file(config) if config else {}).items():
+        if not isinstance(options, dict):
+            raise DataError(f"{config}: '{label}' must map option names to values")
+        values[str(label)] = dict(options)
+    for key, value in _options(settings).items():
+        label, dot, option = key.partition(".")
+        if not dot or not option:
+            raise DataError(f"--set '{key}={value}': expected label.key=value")
+        values.setdefault(label, {})[option] = value
+    return values
+
+
+Methods = Annotated[str, typer.Option("--methods", "-m", help="comma-separated methods, each 'name' or 'label=name'")]
+LabelConfig = Annotated[Optional[Path], typer.Option(help="YAML/JSON file: label: {option: value}")]
+LabelSet = Annotated[list[str], typer.Option("--set", help="option of one method: label.key=value (repeatable)")]
+
+
+@app.command()
+def cv(
+    data: Annotated[list[Path], typer.Argument(help="triple files (one per rewriter; results are also given per file)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="report folder (report.md, oof.csv, PNG plots)")],
+    methods: Methods = "constant",
+    folds: Annotated[int, typer.Option(help="folds, grouped by original_text")] = 5,
+    embedder: Embed = "proxy",
+    limit: Annotated[int, typer.Option(help="score at most N held-out rows per fold (seeded subsample; 0: all)")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of the folds and the subsample")] = 0,
+    config: LabelConfig = None,
+    setting: LabelSet = [],
+) -> None:
+    """Cross-validate methods on leak-free folds and write a report folder; reruns reuse finished folds."""
+    from promptrec.cv import CVSettings, run_cv, summary
+
+    result = run_cv(data, methods.split(","), output, _labelled_options(config, setting),
+                    CVSettings(folds=folds, seed=seed, limit=limit), embedder, log=say)
+    for label, row in summary(result).iterrows():
+        say(f"{label}: {row['mean']:.4f} ± {row['std']:.4f} over {folds} folds [{result.label}, {int(row['rows'])} rows]")
+    say(f"report -> {output / 'report.md'}")
+
+
+@app.command("optimize-prompt")
+def optimize_prompt(
+    prompts: Annotated[list[Path], typer.Argument(help="prompt files: JSON lists, .txt lines, or tables' rewrite_prompt column")],
+    embedder: Embed = "proxy",
+    start: Annotated[Optional[str], typer.Option(help="start text (default: the best training prompt)")] = None,
+    steps: Annotated[int, typer.Option(help="beam-search steps at most")] = 30,
+    seconds: Annotated[float, typer.Option(help="time budget of the search in seconds")] = 120.0,
+    beam: Annotated[int, typer.Option(help="texts kept per step")] = 4,
+    edits: Annotated[int, typer.Option(help="random edits tried per beam text per step")] = 48,
+    vocab_size: Annotated[int, typer.Option(help="most frequent training words used as the vocabulary")] = 400,
+    seed: Annotated[int, typer.Option(help="seed of the edits and of the held-out split")] = 0,
+    holdout: Annotated[float, typer.Option(help="fraction of distinct prompts held out for the before/after score")] = 0.0,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write the result and trajectory as JSON")] = None,
+) -> None:
+    """Find one text maximising the mean score against the prompts (beam search, then pruning)."""
+    from promptrec.data import read_texts
+    from promptrec.metric import load_embedder
+    from promptrec.optimize import OptimizeSettings, optimize_prompts, save_report
+
+    texts = [text for path in prompts for text in read_texts(path, "rewrite_prompt")]
+    model = load_embedder(embedder)
+    settings = OptimizeSettings(steps=steps, seconds=seconds, beam=beam, edits=edits, vocab_size=vocab_size, seed=seed)
+    report = optimize_prompts(texts, model, start, settings, holdout,
+                              on_step=lambda s: say(f"step {s.step:3d}  {s.score:.4f}  {s.text}"))
+    say(f"train ({report.train_rows} prompts): start {report.train_start:.4f} -> final {report.result.score:.4f} "
+              f"[{report.label}]")
+    if report.holdout_rows:
+        say(f"held out ({report.holdout_rows} prompts): start {report.holdout_start:.4f} -> final "
+                  f"{report.holdout_final:.4f} [{report.label}]")
+    say(f"final: {report.result.text}")
+    if output:
+        save_report(output, report)
+
+
+@app.command()
+def fit(
+    data: Annotated[list[Path], typer.Argument(help="triple files to train on")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="folder for the ensemble (use with recover --model)")],
+    methods: Annotated[Optional[str], typer.Option(
+        "--methods", "-m", help="members, 'name' or 'label=name' (default: all registered)")] = None,
+    config: LabelConfig = None,
+    setting: LabelSet = [],
+) -> None:
+    """Train every member and the ensemble over them in one go (ensemble options: --set ensemble.mode=select)."""
+    from promptrec.methods.ensemble import fit_ensemble
+
+    ensemble = fit_ensemble(data, output, methods.split(",") if methods else None, _labelled_options(config, setting),
+                            log=say)
+    say(f"saved ensemble ({ensemble.config.mode}; members {', '.join(ensemble.members)}) -> {output}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,210 @@
+"""Method `ensemble`: combine any registered methods by joining their prompts or picking one per row."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from promptrec.data import PROMPT, TRIPLE_COLUMNS, DataError, read_table
+from promptrec.methods.base import (
+    METHODS, Method, config_from_dict, from_name, load_method, never_blank, read_config, safe_child, save_config,
+)
+
+MODES = ("concat", "select")
+REFERENCES = ("auto", "centroid")
+_LABEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class EnsembleConfig:
+    """Options of the ensemble method."""
+
+    members: list[str] = field(default_factory=lambda: ["constant"])  # "name" or "label=name"; labels let a method appear twice
+    member_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # options per member label
+    mode: str = "concat"  # concat: all members' prompts joined; select: one candidate per row
+    max_subset: int = 1  # select: candidates also join up to this many members (in member order)
+    reference: str = "auto"  # select: auto = a member's predicted embedding if one offers it, else the centroid
+    suffix: str = ""  # text appended to every prediction (e.g. an optimised mean prompt)
+    suffix_steps: int = 0  # >0: fit optimises a mean prompt on the training prompts for this many steps as the suffix
+    suffix_seconds: float = 60.0  # time budget of that optimisation
+    separator: str = " "  # joins members' prompts and the suffix
+    embedder: str = "proxy"  # metric embedder for select and suffix optimisation: official, proxy or a folder
+    seed: int = 0  # seeds the suffix optimiser
+
+
+def parse_members(specs: list[str]) -> list[tuple[str, str]]:
+    """`["a", "b=constant"]` -> `[("a", "a"), ("b", "constant")]` (label, method name); labels must be unique."""
+    pairs = []
+    for spec in specs:
+        label, sep, name = str(spec).partition("=")
+        label, name = label.strip(), (name if sep else label).strip()
+        if not _LABEL.match(label):
+            raise DataError(f"method label '{label}': use letters, digits, '_', '-' or '.'")
+        if name not in METHODS:
+            raise DataError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
+        pairs.append((label, name))
+    labels = [label for label, _ in pairs]
+    duplicate = next((label for label in labels if labels.count(label) > 1), None)
+    if duplicate:
+        raise DataError(f"method label '{duplicate}' appears twice; write label=name to tell them apart")
+    if not pairs:
+        raise DataError("no methods given")
+    return pairs
+
+
+@lru_cache(maxsize=4)
+def _shared_embedder(spec: str):
+    from promptrec.metric import load_embedder
+
+    return load_embedder(spec)
+
+
+def candidate_subsets(count: int, max_subset: int) -> list[tuple[int, ...]]:
+    """Member index subsets tried by select: singles first, then pairs, ... up to `max_subset`, in member order."""
+    return [s for size in range(1, max(1, min(max_subset, count)) + 1) for s in itertools.combinations(range(count), size)]
+
+
+def join_prompts(prompts: list[str], separator: str) -> str:
+    """Join prompts, dropping blanks and exact repeats (a repeated sentence only adds length)."""
+    return separator.join(dict.fromkeys(p.strip() for p in prompts if p.strip()))
+
+
+class EnsembleMethod:
+    """Fits every member, then joins their prompts (concat) or picks the candidate nearest a reference (select)."""
+
+    name = "ensemble"
+    Config = EnsembleConfig
+
+    def __init__(self, config: EnsembleConfig | None = None, members: dict[str, Method] | None = None):
+        self.config = config or EnsembleConfig()
+        if self.config.mode not in MODES:
+            raise DataError(f"ensemble: mode '{self.config.mode}' (known: {', '.join(MODES)})")
+        if self.config.reference not in REFERENCES:
+            raise DataError(f"ensemble: reference '{self.config.reference}' (known: {', '.join(REFERENCES)})")
+        self.specs = parse_members(self.config.members)
+        unknown = sorted(set(self.config.member_config) - {label for label, _ in self.specs})
+        if unknown:
+            raise DataError(f"ensemble: member_config names '{unknown[0]}', which is not a member label")
+        # Prefit members (e.g. from a cross-validation fold) are used as given; the rest are built here.
+        members = members or {}
+        self.members: dict[str, Method] = {
+            label: members[label] if label in members else from_name(name, **self.config.member_config.get(label, {}))
+            for label, name in self.specs
+        }
+        self.prefit = set(members) & set(self.members)  # labels that fit leaves as they are
+        self.embedder = None  # set to inject an embedder (tests); otherwise config.embedder is loaded on use
+        self.fit_seconds: dict[str, float] = {}
+
+    def _embedder(self):
+        return self.embedder or _shared_embedder(self.config.embedder)
+
+    def fit(self, triples: pd.DataFrame, log: Callable[[str], None] | None = None) -> None:
+        """Fit every member not given prefit (timed), then optimise the suffix if asked."""
+        for label, member in self.members.items():
+            if label in self.prefit:
+                continue
+            start = time.perf_counter()
+            member.fit(triples)
+            self.fit_seconds[label] = time.perf_counter() - start
+            if log:
+                log(f"fitted {label} in {self.fit_seconds[label]:.1f} s")
+        if self.config.suffix_steps > 0:
+            from promptrec.optimize import OptimizeSettings, optimize_prompts
+
+            settings = OptimizeSettings(steps=self.config.suffix_steps, seconds=self.config.suffix_seconds,
+                                        seed=self.config.seed)
+            report = optimize_prompts(triples[PROMPT].tolist(), self._embedder(), settings=settings)
+            self.config.suffix = report.result.text
+
+    def candidates(self, pairs: pd.DataFrame) -> dict[str, list[str]]:
+        """Each member's prompts for the pairs, by member label."""
+        return {label: never_blank(member.predict(pairs)) for label, member in self.members.items()}
+
+    def predict(self, pairs: pd.DataFrame) -> list[str]:
+        """One prompt per row: the joined members (concat) or the selected candidate (select), plus the suffix."""
+        by_member = self.candidates(pairs)
+        columns = list(by_member.values())
+        if self.config.mode == "concat":
+            chosen = [join_prompts(list(row), self.config.separator) for row in zip(*columns)]
+        else:
+            chosen = self.select(columns, self.reference_embeddings(pairs, columns))
+        if self.config.suffix.strip():
+            chosen = [join_prompts([p, self.config.suffix], self.config.separator) for p in chosen]
+        return never_blank(chosen)
+
+    def reference_embeddings(self, pairs: pd.DataFrame, columns: list[list[str]]) -> np.ndarray:
+        """(n, d) per-row targets: a member's predicted embeddings (auto, if offered), else the members' centroid."""
+        embedder = self._embedder()
+        if self.config.reference == "auto":
+            for label, member in self.members.items():
+                if hasattr(member, "predict_embeddings"):
+                    emb = np.asarray(member.predict_embeddings(pairs), dtype=np.float32)  # (n, d)
+                    if emb.shape != (len(pairs), embedder.dim):
+                        raise DataError(f"ensemble: member '{label}' predicted embeddings of shape {emb.shape}, "
+                                        f"expected ({len(pairs)}, {embedder.dim}) for {embedder.label}")
+                    return emb
+        member_emb = np.stack([embedder.encode(col) for col in columns])  # (members, n, d)
+        return member_emb.mean(axis=0)  # (n, d); only directions matter below
+
+    def select(self, columns: list[list[str]], reference: np.ndarray) -> list[str]:
+        """Per row, the candidate (a member's prompt or a join of several) with the highest cosine to the reference."""
+        subsets = candidate_subsets(len(columns), self.config.max_subset)
+        rows = list(zip(*columns))
+        texts = [[join_prompts([row[i] for i in subset], self.config.separator) for subset in subsets] for row in rows]
+        cand_emb = self._embedder().encode([t for row in texts for t in row]).reshape(len(rows), len(subsets), -1)  # (n, c, d)
+        norms = np.linalg.norm(reference, axis=1, keepdims=True)  # (n, 1)
+        cosine = np.einsum("ncd,nd->nc", cand_emb, reference / np.maximum(norms, 1e-12))  # (n, c)
+        # argmax takes the first of equal scores, so ties go to single members, then earlier members.
+        return [row[int(i)] for row, i in zip(texts, cosine.argmax(axis=1))]
+
+    def save(self, folder: Path) -> None:
+        """Write method.json and each member into its own subfolder named by its label."""
+        folder = Path(folder)
+        for label, member in self.members.items():
+            member.save(safe_child(folder, label))
+        save_config(folder, self.name, self.config)
+
+    @classmethod
+    def load(cls, folder: Path) -> "EnsembleMethod":
+        """Read method.json and load each member from its subfolder."""
+        folder = Path(folder)
+        config = config_from_dict(EnsembleConfig, read_config(folder)[1], str(folder))
+        members = {label: load_method(safe_child(folder, label)) for label, _ in parse_members(config.members)}
+        method = cls(config, members)
+        method.prefit = set()  # a loaded ensemble refits all its members if fit is called again
+        return method
+
+
+def fit_ensemble(data: list[str | Path], output: str | Path, members: list[str] | None = None,
+                 options: dict[str, dict[str, Any]] | None = None,
+                 log: Callable[[str], None] | None = None) -> EnsembleMethod:
+    """Fit every member and the ensemble on the triples of `data` and save them to `output`.
+
+    `members` defaults to every registered method but the ensemble; `options` maps a member label
+    (or "ensemble") to its options. Example: `fit_ensemble(["train.csv"], "models", ["constant"])`.
+    """
+    from promptrec.data import ensure_writable
+
+    options = dict(options or {})
+    specs = members or [name for name in METHODS if name != EnsembleMethod.name]
+    labels = {label for label, _ in parse_members(specs)}
+    own = options.pop(EnsembleMethod.name, {})
+    unknown = sorted(set(options) - labels)
+    if unknown:
+        raise DataError(f"options for '{unknown[0]}', which is not among the methods ({', '.join(sorted(labels))})")
+    config = config_from_dict(EnsembleConfig, {**own, "members": list(specs), "member_config": options}, "ensemble")
+    ensure_writable(Path(output) / "method.json")
+    triples = pd.concat([read_table(path, TRIPLE_COLUMNS) for path in data], ignore_index=True)
+    ensemble = EnsembleMethod(config)
+    ensemble.fit(triples, log)
+    ensemble.save(Path(output))
+    return ensemble
+

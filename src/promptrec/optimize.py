@@ -1,0 +1,204 @@
+"""Mean-prompt optimiser: one text maximising the mean score against many prompts (beam search, then pruning)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from promptrec.data import DataError, atomic_write
+
+# Scores a batch of candidate texts: higher is better, one float per text.
+Objective = Callable[[list[str]], np.ndarray]
+_WORD = re.compile(r"\S+")
+
+
+@dataclass
+class OptimizeSettings:
+    """Budget and shape of the search."""
+
+    steps: int = 30  # beam-search steps at most
+    seconds: float = 120.0  # wall-clock budget for the search (pruning runs after it, always to the end)
+    beam: int = 4  # texts kept after each step
+    edits: int = 48  # random edits (insertion or substitution) tried per beam text per step
+    vocab_size: int = 400  # most frequent words of the training prompts used as the vocabulary
+    max_words: int = 40  # edits never grow a text beyond this many words
+    seed: int = 0  # seeds the edit sampler; with a step budget (not time) runs are reproducible
+
+
+@dataclass
+class Step:
+    """The best text after one step of the search."""
+
+    step: int
+    score: float
+    text: str
+
+
+@dataclass
+class OptimizeResult:
+    """The best text, its objective value, and how it got there (steps then pruning)."""
+
+    text: str
+    score: float
+    trajectory: list[Step] = field(default_factory=list)
+    evaluated: int = 0  # distinct texts scored
+
+
+def words_of(text: str) -> list[str]:
+    """Whitespace words, punctuation kept attached (so 'text.' stays one word)."""
+    return _WORD.findall(text)
+
+
+def vocabulary(prompts: Sequence[str], size: int) -> list[str]:
+    """The `size` most frequent words of `prompts` (ties broken by first appearance)."""
+    counts = Counter(word for prompt in prompts for word in words_of(prompt))
+    return [word for word, _ in counts.most_common(size)]
+
+
+class _Scorer:
+    """Memoises the objective per text, so each distinct text is scored once."""
+
+    def __init__(self, objective: Objective):
+        self.objective = objective
+        self.seen: dict[str, float] = {}
+
+    def __call__(self, texts: list[str]) -> list[float]:
+        fresh = list(dict.fromkeys(t for t in texts if t not in self.seen))
+        if fresh:
+            values = np.asarray(self.objective(fresh), dtype=np.float64).reshape(-1)
+            self.seen.update(zip(fresh, values.tolist()))
+        return [self.seen[t] for t in texts]
+
+
+def _edits(words: list[str], vocab: list[str], count: int, max_words: int, rng: random.Random) -> list[str]:
+    """`count` random single-word insertions or substitutions of `words`, as texts."""
+    out = []
+    for _ in range(count):
+        new = list(words)
+        if new and (len(new) >= max_words or rng.random() < 0.5):
+            new[rng.randrange(len(new))] = rng.choice(vocab)
+        else:
+            new.insert(rng.randrange(len(new) + 1), rng.choice(vocab))
+        out.append(" ".join(new))
+    return out
+
+
+def prune(text: str, score: float, scorer: Callable[[list[str]], list[float]]) -> tuple[str, float]:
+    """Delete words one at a time while some deletion does not lower the score (best deletion first)."""
+    words = words_of(text)
+    while len(words) > 1:
+        options = [" ".join(words[:i] + words[i + 1 :]) for i in range(len(words))]
+        values = scorer(options)
+        best = int(np.argmax(values))
+        if values[best] < score:
+            break
+        words, score = words_of(options[best]), values[best]
+    return " ".join(words), score
+
+
+def beam_search(start: str, vocab: Sequence[str], objective: Objective, settings: OptimizeSettings,
+                on_step: Callable[[Step], None] | None = None) -> OptimizeResult:
+    """Improve `start` by beam search over word insertions/substitutions, then prune; the best score never drops."""
+    if not vocab:
+        raise DataError("optimiser: empty vocabulary (no words in the training prompts)")
+    rng = random.Random(settings.seed)
+    scorer = _Scorer(objective)
+    start = " ".join(words_of(start)) or vocab[0]
+    beam = [(scorer([start])[0], start)]
+    trajectory = [Step(0, beam[0][0], start)]
+    if on_step:
+        on_step(trajectory[0])
+    deadline = time.monotonic() + settings.seconds
+    for step in range(1, settings.steps + 1):
+        if time.monotonic() >= deadline:
+            break
+        texts = [t for _, text in beam for t in _edits(words_of(text), list(vocab), settings.edits, settings.max_words, rng)]
+        pool = dict((text, value) for value, text in beam)
+        pool.update(zip(texts, scorer(texts)))
+        # Sorting by (-score, text) keeps ties deterministic; old beam texts stay eligible, so the best never drops.
+        beam = sorted(((v, t) for t, v in pool.items()), key=lambda item: (-item[0], item[1]))[: settings.beam]
+        trajectory.append(Step(step, beam[0][0], beam[0][1]))
+        if on_step:
+            on_step(trajectory[-1])
+    text, value = prune(beam[0][1], beam[0][0], scorer)
+    trajectory.append(Step(trajectory[-1].step + 1, value, text))
+    if on_step:
+        on_step(trajectory[-1])
+    return OptimizeResult(text, value, trajectory, len(scorer.seen))
+
+
+def mean_scs_objective(targets: Sequence[str], encode: Callable[[list[str]], np.ndarray]) -> Objective:
+    """Objective: mean cos**3 of a candidate's embedding against the (deduplicated, weighted) target prompts."""
+    unique, counts = np.unique(np.asarray(list(targets), dtype=object).astype(str), return_counts=True)
+    target_emb = encode(list(unique))  # (u, d) unit rows
+    weights = counts / counts.sum()  # (u,)
+
+    def objective(texts: list[str]) -> np.ndarray:
+        cand_emb = encode(texts)  # (m, d) unit rows
+        return np.clip(cand_emb @ target_emb.T, -1.0, 1.0) ** 3 @ weights  # (m,)
+
+    return objective
+
+
+@dataclass
+class PromptReport:
+    """Optimiser run on prompts: the result and held-out scores of the start and final texts."""
+
+    result: OptimizeResult
+    start: str
+    label: str  # embedder label every score here was measured with
+    train_rows: int
+    holdout_rows: int
+    train_start: float
+    holdout_start: float | None  # None when nothing was held out
+    holdout_final: float | None
+
+
+def split_holdout(prompts: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded split of `prompts` by distinct text into (train, held-out); a text never lands in both."""
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"--holdout {fraction}: expected a fraction in [0, 1)")
+    unique = sorted(set(prompts))
+    random.Random(seed).shuffle(unique)
+    held = set(unique[: int(round(fraction * len(unique)))])
+    return [p for p in prompts if p not in held], [p for p in prompts if p in held]
+
+
+def optimize_prompts(prompts: Sequence[str], embedder, start: str | None = None,
+                     settings: OptimizeSettings | None = None, holdout: float = 0.0,
+                     on_step: Callable[[Step], None] | None = None) -> PromptReport:
+    """Find one text maximising the mean score against `prompts` under `embedder`.
+
+    The start defaults to the best training prompt; `holdout` keeps that fraction of distinct prompts aside.
+    """
+    from promptrec.methods.constant import best_constant
+
+    settings = settings or OptimizeSettings()
+    prompts = [p.strip() for p in prompts if isinstance(p, str) and p.strip()]
+    train, held = split_holdout(prompts, holdout, settings.seed)
+    if not train:
+        raise DataError("optimiser: no non-empty training prompts")
+    start = " ".join(words_of(start)) if start and start.strip() else best_constant(train, embedder.encode)
+    objective = mean_scs_objective(train, embedder.encode)
+    result = beam_search(start, vocabulary(train, settings.vocab_size), objective, settings, on_step)
+    held_start, held_final = (mean_scs_objective(held, embedder.encode)([start, result.text]).tolist()
+                              if held else (None, None))
+    return PromptReport(result, start, embedder.label, len(train), len(held),
+                        float(objective([start])[0]), held_start, held_final)
+
+
+def save_report(path: str | Path, report: PromptReport) -> None:
+    """Write the optimiser's result, held-out scores and trajectory as JSON (atomically)."""
+    payload = {**{k: v for k, v in asdict(report).items() if k != "result"},
+               "text": report.result.text, "score": report.result.score, "evaluated": report.result.evaluated,
+               "trajectory": [asdict(step) for step in report.result.trajectory]}
+    with atomic_write(path) as handle:
+        json.dump(payload, handle, indent=2)

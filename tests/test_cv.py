@@ -1,0 +1,192 @@
+"""Cross-validation: folds never leak an original text, report files and tables, reruns reuse parts, CLI verbs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from promptrec.cv import CVSettings, group_folds, parse_specs, read_sources, run_cv, scored_rows
+from promptrec.data import DataError
+from promptrec.methods.base import METHODS, save_config
+
+SEEN: dict[str, list] = {"fits": [], "predicts": []}
+
+
+@dataclass
+class LeakConfig:
+    """Options of the in-test leak-checking method."""
+
+    answer: str = "pirate"  # the prompt predicted for every row
+
+
+class LeakCheckMethod:
+    """Remembers its training originals and fails if a held-out pair shares one; counts fits and predicts."""
+
+    name = "leakcheck"
+    Config = LeakConfig
+
+    def __init__(self, config: LeakConfig | None = None):
+        self.config = config or LeakConfig()
+        self.originals: set[str] = set()
+
+    def fit(self, triples: pd.DataFrame) -> None:
+        SEEN["fits"].append(self.config.answer)
+        self.originals = set(triples["original_text"].str.strip())
+
+    def predict(self, pairs: pd.DataFrame) -> list[str]:
+        SEEN["predicts"].append(self.config.answer)
+        leaked = self.originals & set(pairs["original_text"].str.strip())
+        assert not leaked, f"original text in train and test: {sorted(leaked)[:1]}"
+        return [self.config.answer] * len(pairs)
+
+    def save(self, folder: Path) -> None:
+        save_config(Path(folder), self.name, self.config)
+
+    @classmethod
+    def load(cls, folder: Path):
+        raise NotImplementedError("not saved in these tests")
+
+
+@pytest.fixture(autouse=True)
+def _register(monkeypatch):
+    monkeypatch.setitem(METHODS, "leakcheck", f"{__name__}:LeakCheckMethod")
+    SEEN["fits"].clear()
+    SEEN["predicts"].clear()
+
+
+def _triples(path: Path, prefix: str, rows: int, prompts: list[str]) -> Path:
+    """A triple file whose originals repeat (every 3 rows share one) to exercise grouping."""
+    pd.DataFrame({
+        "id": [f"{prefix}{i}" for i in range(rows)],
+        "original_text": [f"text number {i // 3}" + (" " if i % 2 else "") for i in range(rows)],
+        "rewrite_prompt": [prompts[i % len(prompts)] for i in range(rows)],
+        "rewritten_text": [f"rewritten {i}" for i in range(rows)],
+    }).to_csv(path, index=False)
+    return path
+
+
+@given(st.lists(st.integers(0, 12), min_size=6, max_size=60), st.integers(2, 5), st.integers(0, 3))
+@settings(max_examples=60, deadline=None)
+def test_group_folds_never_split_an_original(groups, folds, seed):
+    originals = [f"t{g}" for g in groups]
+    if folds > len(set(originals)):
+        with pytest.raises(DataError, match="--folds"):
+            group_folds(originals, folds, seed)
+        return
+    fold_of = group_folds(originals, folds, seed)
+    for text in set(originals):
+        assert len({fold_of[i] for i, o in enumerate(originals) if o == text}) == 1
+    assert set(fold_of.tolist()) == set(range(folds))  # no fold is empty
+    assert np.array_equal(fold_of, group_folds(originals, folds, seed))
+
+
+def test_group_folds_strips_and_balances():
+    fold_of = group_folds(["a", "a ", " b", "b", "c", "d"], 2, seed=0)
+    assert fold_of[0] == fold_of[1] and fold_of[2] == fold_of[3]
+    assert sorted(np.bincount(fold_of).tolist()) == [3, 3]
+
+
+def test_scored_rows_limit_is_a_seeded_subset():
+    fold_of = np.array([0, 1] * 10)
+    assert scored_rows(fold_of, 1, 0, 0).tolist() == list(range(1, 20, 2))
+    picked = scored_rows(fold_of, 1, 4, 0)
+    assert len(picked) == 4 and set(picked) <= set(range(1, 20, 2))
+    assert picked.tolist() == scored_rows(fold_of, 1, 4, 0).tolist() == sorted(picked.tolist())
+
+
+def test_specs_and_sources_are_checked(tmp_path):
+    specs = parse_specs(["constant", "b=constant"], {"b": {"prompt": "x"}})
+    assert [(s.label, s.name, s.options) for s in specs] == [("constant", "constant", {}), ("b", "constant", {"prompt": "x"})]
+    with pytest.raises(DataError, match="not among the methods"):
+        parse_specs(["constant"], {"zzz": {}})
+    with pytest.raises(DataError, match="method 'e', member 'x': unknown option 'colour'"):
+        parse_specs(["e=ensemble"], {"e": {"members": ["x=constant"], "member_config": {"x": {"colour": 1}}}})
+    one = _triples(tmp_path / "a.csv", "a", 6, ["p"])
+    (tmp_path / "sub").mkdir()
+    two = _triples(tmp_path / "sub" / "a.csv", "b", 6, ["p"])
+    with pytest.raises(DataError, match="given twice"):
+        read_sources([one, two])
+
+
+def test_run_cv_writes_the_report(tmp_path, word_embedder):
+    first = _triples(tmp_path / "gen_a.csv", "a", 30, ["pirate", "formal poem"])
+    second = _triples(tmp_path / "gen_b.csv", "b", 24, ["short"])
+    methods = ["pirate=leakcheck", "short=leakcheck", "ens=ensemble"]
+    options = {"short": {"answer": "short"},
+               "ens": {"members": ["pirate=leakcheck", "short=leakcheck"], "member_config": {"short": {"answer": "short"}},
+                       "mode": "concat"}}
+    result = run_cv([first, second], methods, tmp_path / "report", options, CVSettings(folds=3), word_embedder)
+    # each member is fitted once per fold: the ensemble reuses the fitted members and their predictions
+    assert sorted(SEEN["fits"]) == ["pirate"] * 3 + ["short"] * 3 and len(SEEN["predicts"]) == 6
+    folder = tmp_path / "report"
+    assert {p.name for p in folder.iterdir()} == {"report.md", "oof.csv", "score_distribution.png", "scatter.png",
+                                                  "score_by_length.png", "parts"}
+    assert all((folder / n).read_bytes()[:4] == b"\x89PNG" for n in ("scatter.png", "score_distribution.png"))
+    oof = pd.read_csv(folder / "oof.csv")
+    assert len(oof) == 3 * 54 and list(oof.columns) == ["source", "id", "rewrite_prompt", "fold", "method",
+                                                        "prediction", "score", "prompt_words"]
+    pirate = oof[oof.method == "pirate"]
+    assert pirate.loc[pirate.rewrite_prompt == "pirate", "score"].eq(1.0).all()
+    assert pirate.loc[pirate.rewrite_prompt == "short", "score"].eq(0.0).all()
+    assert set(oof.loc[oof.method == "ens", "prediction"]) == {"pirate short"}
+    report = (folder / "report.md").read_text()
+    header = "| method | name | score [fixture (4 words)] mean ± std over folds | pooled | rows | fit s | predict s |"
+    assert header in report
+    rows = [line for line in report.splitlines() if line.startswith("| pirate | leakcheck |")]
+    expected = pirate.score.mean()
+    assert len(rows) == 1 and f"| {expected:.4f} |" in rows[0] and rows[0].split(" | ")[4] == "54"
+    assert "| method | gen_a.csv | gen_b.csv |" in report
+    assert "| short | 0.0000 | 1.0000 |" in report
+    assert "fixture (4 words)" in report.splitlines()[2]
+    assert result.label == "fixture (4 words)"
+
+
+def test_rerun_reuses_parts_and_limit_subsamples(tmp_path, word_embedder):
+    data = _triples(tmp_path / "d.csv", "d", 30, ["pirate", "poem"])
+    run = lambda **kw: run_cv([data], ["leakcheck"], tmp_path / "r", {}, CVSettings(folds=2, **kw), word_embedder)
+    run()
+    assert len(SEEN["fits"]) == 2 and len(list((tmp_path / "r" / "parts").glob("*.json"))) == 2
+    again = run()
+    assert len(SEEN["fits"]) == 2 and again.timings["cached"].all()
+    limited = run(limit=4)
+    assert len(SEEN["fits"]) == 4 and len(limited.oof) == 8
+    assert "limit 4 held-out rows per fold" in (tmp_path / "r" / "report.md").read_text()
+    part = json.loads(next((tmp_path / "r" / "parts").glob("*.json")).read_text())
+    assert part["embedder"] == "fixture (4 words)" and len(part["predictions"]) == len(part["scores"])
+
+
+@pytest.mark.slow
+def test_cli_cv_fit_recover_and_optimize(tmp_path):
+    from typer.testing import CliRunner
+
+    from promptrec.cli import app
+
+    data = _triples(tmp_path / "t.csv", "t", 24, ["Make it a pirate story.", "Rewrite it formally.", "Turn it into a poem."])
+    runner = CliRunner()
+    done = runner.invoke(app, ["--threads", "1", "cv", str(data), "-m", "constant,best=constant", "--folds", "2",
+                               "--set", "best.select=true", "-o", str(tmp_path / "cv")])
+    assert done.exit_code == 0, done.output
+    assert "best: " in done.output and "[proxy (all-MiniLM-L6-v2), 24 rows]" in done.output
+    (tmp_path / "opts.yaml").write_text("best: {select: true}\nensemble:\n  mode: concat\n")
+    done = runner.invoke(app, ["fit", str(data), "-o", str(tmp_path / "models"), "-m", "constant,best=constant",
+                               "--config", str(tmp_path / "opts.yaml")])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "models" / "best" / "method.json").is_file()
+    done = runner.invoke(app, ["recover", str(data), "--model", str(tmp_path / "models"), "-o", str(tmp_path / "sub.csv")])
+    assert done.exit_code == 0, done.output
+    prompts = pd.read_csv(tmp_path / "sub.csv")["rewrite_prompt"]
+    assert prompts.str.startswith("Rewrite this text in a different style. ").all() and prompts.nunique() == 1
+    done = runner.invoke(app, ["optimize-prompt", str(data), "--steps", "3", "--edits", "8", "--holdout", "0.34",
+                               "--start", "Rewrite it.", "-o", str(tmp_path / "opt.json")])
+    assert done.exit_code == 0, done.output
+    saved = json.loads((tmp_path / "opt.json").read_text())
+    assert saved["label"] == "proxy (all-MiniLM-L6-v2)" and saved["holdout_rows"] == 8 and saved["start"] == "Rewrite it."
+    assert [s["step"] for s in saved["trajectory"]] == [0, 1, 2, 3, 4] and "held out (8 prompts)" in done.output
+    bad = runner.invoke(app, ["cv", str(data), "--set", "nodot=1", "-o", str(tmp_path / "x")])
+    assert bad.exit_code != 0

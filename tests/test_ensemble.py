@@ -1,0 +1,180 @@
+"""Ensemble modes on hand-made candidates with the toy word embedder: exact joins and selections, save/load."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from promptrec.data import DataError
+from promptrec.methods.base import METHODS, config_from_dict, from_name, load_method, read_config, save_config
+from promptrec.methods.ensemble import EnsembleMethod, candidate_subsets, fit_ensemble, join_prompts, parse_members
+
+
+@dataclass
+class ColumnConfig:
+    """Options of the in-test column method."""
+
+    column: str = "a"  # the pairs column whose text is predicted
+
+
+class ColumnMethod:
+    """Predicts a given column of the pairs: per-row candidates chosen by the test."""
+
+    name = "column"
+    Config = ColumnConfig
+
+    def __init__(self, config: ColumnConfig | None = None):
+        self.config = config or ColumnConfig()
+        self.fitted = 0
+
+    def fit(self, triples: pd.DataFrame) -> None:
+        self.fitted += 1
+
+    def predict(self, pairs: pd.DataFrame) -> list[str]:
+        return pairs[self.config.column].tolist()
+
+    def save(self, folder: Path) -> None:
+        save_config(Path(folder), self.name, self.config)
+
+    @classmethod
+    def load(cls, folder: Path) -> "ColumnMethod":
+        return cls(config_from_dict(ColumnConfig, read_config(Path(folder))[1], str(folder)))
+
+
+class GuideMethod(ColumnMethod):
+    """A column method that also predicts a metric embedding (the 'poem' axis), as a regressor would."""
+
+    name = "guide"
+
+    def predict_embeddings(self, pairs: pd.DataFrame) -> np.ndarray:
+        return np.tile(np.array([0.0, 0.0, 1.0, 0.0], dtype=np.float32), (len(pairs), 1))  # (n, 4)
+
+
+@pytest.fixture(autouse=True)
+def _register(monkeypatch):
+    monkeypatch.setitem(METHODS, "column", f"{__name__}:ColumnMethod")
+    monkeypatch.setitem(METHODS, "guide", f"{__name__}:GuideMethod")
+
+
+PAIRS = pd.DataFrame({
+    "id": ["r1", "r2"], "original_text": ["x", "y"], "rewritten_text": ["X", "Y"],
+    "a": ["pirate", "poem"], "b": ["pirate", "formal"], "c": ["formal", "formal"], "g": ["short", "short"],
+})
+
+
+def _ensemble(word_embedder, **options) -> EnsembleMethod:
+    members = options.pop("members", ["a=column", "b=column", "c=column"])
+    configs = {label.split("=")[0]: {"column": label.split("=")[0]} for label in members}
+    method = from_name("ensemble", members=members, member_config=configs, **options)
+    method.embedder = word_embedder
+    return method
+
+
+def test_concat_joins_members_in_order_without_repeats(word_embedder):
+    method = _ensemble(word_embedder, mode="concat")
+    assert method.predict(PAIRS) == ["pirate formal", "poem formal"]
+
+
+def test_concat_appends_suffix_once(word_embedder):
+    method = _ensemble(word_embedder, mode="concat", suffix="short", separator=" | ")
+    assert method.predict(PAIRS) == ["pirate | formal | short", "poem | formal | short"]
+
+
+def test_select_picks_candidate_nearest_centroid(word_embedder):
+    # row 1: centroid (2, 1, 0, 0) -> "pirate"; row 2: centroid (0, 2, 1, 0) -> "formal"
+    method = _ensemble(word_embedder, mode="select")
+    assert method.predict(PAIRS) == ["pirate", "formal"]
+
+
+def test_select_with_subsets_picks_a_join(word_embedder):
+    # row 1: "pirate formal" (cos 3/sqrt(10)) beats "pirate" (2/sqrt(5)); row 2: "poem formal" (3/sqrt(10)) beats "formal"
+    method = _ensemble(word_embedder, mode="select", max_subset=2)
+    assert method.predict(PAIRS) == ["pirate formal", "poem formal"]
+
+
+def test_select_follows_a_members_predicted_embedding(word_embedder):
+    members = ["a=column", "b=column", "c=column", "g=guide"]
+    method = _ensemble(word_embedder, mode="select", members=members)
+    assert method.predict(PAIRS) == ["pirate", "poem"]  # row 1 has no poem candidate: the first of the tied ones
+    centroid = _ensemble(word_embedder, mode="select", members=members, reference="centroid")
+    assert centroid.predict(PAIRS) == ["pirate", "formal"]
+
+
+def test_predicted_embedding_of_wrong_width_is_refused(word_embedder):
+    method = _ensemble(word_embedder, mode="select", members=["a=column", "g=guide"])
+    word_embedder.dim = 8
+    with pytest.raises(DataError, match="shape"):
+        method.predict(PAIRS)
+
+
+def test_candidate_subsets_order():
+    assert candidate_subsets(3, 2) == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]
+    assert candidate_subsets(2, 5) == [(0,), (1,), (0, 1)]
+    assert join_prompts(["a", " ", "a", "b"], " ") == "a b"
+
+
+def test_member_specs_are_checked():
+    assert parse_members(["constant", "best=constant"]) == [("constant", "constant"), ("best", "constant")]
+    with pytest.raises(DataError, match="appears twice"):
+        parse_members(["constant", "constant"])
+    with pytest.raises(DataError, match="unknown method 'nope'"):
+        parse_members(["nope"])
+    with pytest.raises(DataError, match="label '../x'"):
+        parse_members(["../x=constant"])
+    with pytest.raises(DataError, match="not a member label"):
+        from_name("ensemble", members=["constant"], member_config={"other": {}})
+    with pytest.raises(DataError, match="mode 'vote'"):
+        from_name("ensemble", mode="vote")
+
+
+def test_fit_fits_members_but_not_prefit_ones(word_embedder):
+    given = ColumnMethod(ColumnConfig("a"))
+    method = EnsembleMethod(config_from_dict(EnsembleMethod.Config, {"members": ["a=column", "b=column"]}, "t"), {"a": given})
+    method.fit(PAIRS.assign(rewrite_prompt="p"))
+    assert given.fitted == 0 and method.members["b"].fitted == 1
+    assert set(method.fit_seconds) == {"b"}
+
+
+def test_save_load_round_trip(tmp_path, word_embedder):
+    method = _ensemble(word_embedder, mode="select", max_subset=2, suffix="short")
+    method.save(tmp_path / "ens")
+    assert read_config(tmp_path / "ens")[0] == "ensemble"
+    assert sorted(p.name for p in (tmp_path / "ens").iterdir()) == ["a", "b", "c", "method.json"]
+    assert json.loads((tmp_path / "ens" / "c" / "method.json").read_text())["config"] == {"column": "c"}
+    loaded = load_method(tmp_path / "ens")
+    loaded.embedder = word_embedder
+    assert loaded.predict(PAIRS) == method.predict(PAIRS) == ["pirate formal short", "poem formal short"]
+
+
+def test_load_refuses_member_folder_outside(tmp_path):
+    folder = tmp_path / "ens"
+    from_name("ensemble", members=["a=constant"]).save(folder)
+    payload = json.loads((folder / "method.json").read_text())
+    payload["config"]["members"] = ["../../etc=constant"]
+    (folder / "method.json").write_text(json.dumps(payload))
+    with pytest.raises(DataError, match="label"):
+        load_method(folder)
+
+
+def test_fit_ensemble_saves_a_recoverable_model(tmp_path):
+    data = tmp_path / "train.csv"
+    pd.DataFrame({"id": ["1", "2"], "original_text": ["a", "b"], "rewrite_prompt": ["p", "q"],
+                  "rewritten_text": ["A", "B"]}).to_csv(data, index=False)
+    fit_ensemble([data], tmp_path / "models", ["constant", "shout=constant"],
+                 {"shout": {"prompt": "Shout it."}, "ensemble": {"mode": "concat"}})
+    loaded = load_method(tmp_path / "models")
+    assert loaded.predict(PAIRS) == ["Rewrite this text in a different style. Shout it."] * 2
+    with pytest.raises(DataError, match="not among the methods"):
+        fit_ensemble([data], tmp_path / "m2", ["constant"], {"other": {"prompt": "x"}})
+
+
+def test_fit_optimises_a_suffix_on_the_training_prompts(word_embedder):
+    method = _ensemble(word_embedder, mode="concat", members=["c=column"], suffix_steps=3)
+    method.fit(PAIRS.assign(rewrite_prompt=["pirate", "pirate"]))
+    assert method.config.suffix == "pirate"  # the best training prompt already scores 1.0; pruning keeps it
+    assert method.predict(PAIRS) == ["formal pirate", "formal pirate"]
