@@ -20,6 +20,12 @@ class GenerationSettings:
     stop: tuple[str, ...] = field(default_factory=tuple)
 
 
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to the first occurrence of any stop string."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+    return text[:cut]
+
+
 @runtime_checkable
 class Generator(Protocol):
     """A loaded LLM that completes prompts; `name` is recorded as provenance."""

@@ -7,14 +7,8 @@ from pathlib import Path
 from typing import Sequence
 
 from promptrec.data import DataError
-from promptrec.llm.base import GenerationSettings
+from promptrec.llm.base import GenerationSettings, cut_at_stop
 from promptrec.models import resolve_model
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """`text` up to the first occurrence of any stop string."""
-    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
-    return text[:cut]
 
 
 class HFGenerator:
@@ -70,6 +64,10 @@ class HFGenerator:
                 "use a completion template such as promptrec.llm.templates.fewshot_prompt"
             )
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` takes (no special tokens), for truncating inputs."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _encode(self, prompt: str) -> list[int]:
         # A rendered chat template already starts with BOS; do not add a second one.

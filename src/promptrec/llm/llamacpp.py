@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from promptrec.data import DataError
-from promptrec.llm.base import GenerationSettings
+from promptrec.llm.base import GenerationSettings, cut_at_stop
 from promptrec.models import require, resolve_model
 
 _INSTALL = "pip install llama-cpp-python==0.3.36"
@@ -25,11 +25,13 @@ class LlamaCppGenerator:
         n_batch: int = 512,
         seed: int = 0,
         prefix_cache: bool = True,
+        parallel: int = 1,
     ) -> None:
         """Load `model` (a .gguf path or short offline name).
 
         prefix_cache: keep the KV cache of the previous request (and a RAM cache of states) so a shared
         prompt prefix is evaluated once; False evaluates every prompt from scratch.
+        parallel: prompts decoded together as sequences of one llama.cpp batch (1: one request at a time).
         """
         require("llama_cpp", _INSTALL)
         import llama_cpp
@@ -39,6 +41,7 @@ class LlamaCppGenerator:
             raise DataError(f"{path}: no such GGUF file")
         self.name = model if model in ("smollm2", "gemma3-270m") else path.name
         self.prefix_cache = prefix_cache
+        self.parallel = max(1, parallel)
         threads = n_threads or int(os.environ.get("PROMPTREC_THREADS", "0")) or 1
         self.llm = llama_cpp.Llama(
             str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
@@ -47,6 +50,7 @@ class LlamaCppGenerator:
         if prefix_cache:
             self.llm.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=256 << 20))
         self.n_ctx = n_ctx
+        self._batched = _BatchedDecoder(self.llm, n_ctx, self.parallel) if self.parallel > 1 else None
         self.last_stats: dict[str, float] = {}
         template = self.llm.metadata.get("tokenizer.chat_template")
         self._chat = None
@@ -73,11 +77,19 @@ class LlamaCppGenerator:
             )
         return self._chat(messages=messages).prompt
 
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` takes (no BOS), for truncating inputs."""
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
     def _perf(self) -> tuple[float, int, float, int]:
         import llama_cpp
 
-        data = llama_cpp.llama_perf_context(self.llm._ctx.ctx)
-        return data.t_p_eval_ms, data.n_p_eval, data.t_eval_ms, data.n_eval
+        contexts = [self.llm._ctx] + ([self._batched.ctx] if self._batched else [])
+        totals = [llama_cpp.llama_perf_context(c.ctx) for c in contexts]
+        return (
+            sum(d.t_p_eval_ms for d in totals), sum(d.n_p_eval for d in totals),
+            sum(d.t_eval_ms for d in totals), sum(d.n_eval for d in totals),
+        )
 
     def generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[str]:
         """One completion per prompt, in order; prompt i samples with seed `settings.seed + i`.
@@ -85,7 +97,10 @@ class LlamaCppGenerator:
         Sets `last_stats`: prompt/generation tokens evaluated and milliseconds of this call.
         """
         start, before = time.perf_counter(), self._perf()
-        outputs = [self._one(prompt, settings, settings.seed + i) for i, prompt in enumerate(prompts)]
+        if self._batched and len(prompts) > 1:
+            outputs = self._batched.run(prompts, settings, settings.seed, self.prefix_cache)
+        else:
+            outputs = [self._one(prompt, settings, settings.seed + i) for i, prompt in enumerate(prompts)]
         after = self._perf()
         self.last_stats = {
             "total_ms": (time.perf_counter() - start) * 1000, "prompt_ms": after[0] - before[0], "prompt_tokens": after[1] - before[1],
@@ -102,3 +117,112 @@ class LlamaCppGenerator:
             stop=list(settings.stop) or None, seed=seed,
         )
         return result["choices"][0]["text"]
+
+
+class _BatchedDecoder:
+    """Continuous batching: up to `parallel` prompts decode together, one KV stream each.
+
+    The prompts' common token prefix is evaluated once into an extra stream and copied into a
+    slot's stream whenever a new prompt takes the slot; every step decodes one new token of each
+    busy slot plus the prompt tails of newly seated prompts in a single llama.cpp batch.
+    """
+
+    def __init__(self, llm, n_ctx: int, parallel: int) -> None:
+        import llama_cpp
+        from llama_cpp import _internals
+
+        params = llama_cpp.llama_context_default_params()
+        for field in ("n_batch", "n_ubatch", "n_threads", "n_threads_batch"):
+            setattr(params, field, getattr(llm.context_params, field))
+        self.prefix_seq = parallel  # the extra stream that holds the shared prefix
+        n_ctx = -(-n_ctx // 256) * 256  # llama.cpp pads contexts to 256 cells; keep streams equal
+        params.n_seq_max = parallel + 1
+        params.n_ctx = n_ctx * params.n_seq_max
+        params.kv_unified = False  # one stream per sequence: attention spans only its own cells
+        params.no_perf = False
+        self.llm, self.parallel, self.n_ctx, self.n_batch = llm, parallel, n_ctx, params.n_batch
+        self.ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        self.batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self.vocab = llm._model.vocab
+
+    def _sampler(self, settings: GenerationSettings, seed: int):
+        from llama_cpp import _internals
+
+        sampler = _internals.LlamaSampler()
+        if settings.temperature > 0:
+            sampler.add_top_p(settings.top_p, 1)
+            sampler.add_temp(settings.temperature)
+            sampler.add_dist(seed)
+        else:
+            sampler.add_greedy()
+        return sampler
+
+    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> dict[int, int]:
+        """Decode (token, position, sequence, wants_logits) entries in n_batch chunks, cut from the end.
+
+        Returns sequence -> batch index of its logits; callers put logit entries last so all land in the final chunk.
+        """
+        rows: dict[int, int] = {}
+        first = len(entries) % self.n_batch or self.n_batch  # a short chunk first keeps the last chunk full
+        for begin in [0] + list(range(first, len(entries), self.n_batch)):
+            chunk = entries[begin : first if begin == 0 else begin + self.n_batch]
+            raw = self.batch.batch
+            raw.n_tokens = len(chunk)
+            rows = {}
+            for i, (token, pos, seq, logits) in enumerate(chunk):
+                raw.token[i], raw.pos[i], raw.n_seq_id[i], raw.logits[i] = token, pos, 1, logits
+                raw.seq_id[i][0] = seq
+                if logits:
+                    rows[seq] = i
+            self.ctx.decode(self.batch)
+        return rows
+
+    def run(self, prompts: Sequence[str], settings: GenerationSettings, seed: int, share_prefix: bool) -> list[str]:
+        """Complete all `prompts`, `parallel` at a time; prompt i samples with seed `seed + i`."""
+        import llama_cpp
+
+        tokens = [self.llm.tokenize(p.encode("utf-8"), special=True) for p in prompts]
+        longest = max(map(len, tokens))
+        if longest + settings.max_new_tokens > self.n_ctx:
+            raise DataError(f"a prompt of {longest} tokens plus {settings.max_new_tokens} new tokens exceeds n_ctx={self.n_ctx}")
+        shared = 0
+        if share_prefix and len(tokens) > 1:
+            shortest = min(map(len, tokens)) - 1  # every prompt keeps one own token to produce its logits
+            while shared < shortest and all(t[shared] == tokens[0][shared] for t in tokens):
+                shared += 1
+        self.ctx.kv_cache_clear()
+        if shared:
+            self._decode([(tok, pos, self.prefix_seq, False) for pos, tok in enumerate(tokens[0][:shared])])
+        waiting = list(range(len(tokens)))[::-1]  # prompt indices, next one last
+        seated: dict[int, int] = {}  # slot -> prompt index
+        samplers: dict[int, object] = {}
+        new: list[list[int]] = [[] for _ in tokens]
+        rows: dict[int, int] = {}
+        while waiting or seated:
+            tails, step = [], []
+            for slot in range(self.parallel):
+                if slot in seated:
+                    index = seated[slot]
+                    token = samplers[slot].sample(self.ctx, rows[slot])  # also accepts the token
+                    done = llama_cpp.llama_vocab_is_eog(self.vocab, token)
+                    if not done:
+                        new[index].append(token)
+                        text = self.llm.detokenize(new[index]).decode("utf-8", errors="ignore")
+                        done = len(new[index]) >= settings.max_new_tokens or any(s in text for s in settings.stop)
+                    if not done:
+                        step.append((token, len(tokens[index]) + len(new[index]) - 1, slot, True))
+                        continue
+                    del seated[slot]
+                if waiting:  # seat the next prompt: shared prefix copied in, its own tail queued
+                    index = seated[slot] = waiting.pop()
+                    samplers[slot] = self._sampler(settings, seed + index)
+                    self.ctx.kv_cache_seq_rm(slot, -1, -1)
+                    if shared:
+                        self.ctx.kv_cache_seq_cp(self.prefix_seq, slot, -1, -1)  # whole streams only
+                    own = tokens[index]
+                    tails += [(tok, pos, slot, False) for pos, tok in enumerate(own[shared:-1], shared)]
+                    step.append((own[-1], len(own) - 1, slot, True))
+            if step:
+                rows = self._decode(tails + step)
+        texts = [self.llm.detokenize(t).decode("utf-8", errors="ignore") for t in new]
+        return [cut_at_stop(t, settings.stop) for t in texts]
