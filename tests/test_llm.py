@@ -43,6 +43,11 @@ def test_registry_and_unknown_backend():
         load_generator("x", backend="nope")
 
 
+def test_unknown_backend_option_is_one_line(tiny_llama_dir):
+    with pytest.raises(DataError, match="backend 'hf': got an unexpected keyword argument 'parallel'"):
+        load_generator(str(tiny_llama_dir), backend="hf", parallel=4)
+
+
 def test_vllm_is_import_guarded(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))

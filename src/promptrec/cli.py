@@ -184,29 +184,32 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(help="longest rewrite in tokens")] = 192,
     temperature: Annotated[float, typer.Option(help="sampling temperature (0: greedy)")] = 0.7,
     top_p: Annotated[float, typer.Option(help="nucleus sampling")] = 0.9,
-    batch: Annotated[int, typer.Option(help="prompts per LLM call and per journal flush")] = 8,
+    batch: Annotated[int, typer.Option(help="prompts per LLM call and per journal flush")] = 32,
+    parallel: Annotated[int, typer.Option(help="sequences decoded together (llama.cpp) / batch size (transformers)")] = 8,
     text_column: Annotated[str, typer.Option(help="column of --texts when it is a table")] = "text",
     prompt_column: Annotated[str, typer.Option(help="column of --prompts when it is a table")] = "rewrite_prompt",
     setting: Annotated[list[str], typer.Option("--set", help="backend option key=value (repeatable)")] = [],
 ) -> None:
     """Make training triples with a rewriter LLM; re-run the same command to resume an interrupted run."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    )
     from rich.text import Text
 
     from promptrec.generate import GenerateConfig, generate_triples
 
-    class Rate(TextColumn):
+    class Rate(ProgressColumn):
         def render(self, task) -> Text:
             return Text(f"{task.speed:.2f} rows/s" if task.speed else "- rows/s")
 
     config = GenerateConfig(
         rewriter=rewriter, backend=backend, n=n, seed=seed, max_input_tokens=max_input_tokens,
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch=batch,
-        text_column=text_column, prompt_column=prompt_column, backend_options=_options(setting),
+        parallel=parallel, text_column=text_column, prompt_column=prompt_column, backend_options=_options(setting),
     )
-    columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), Rate(""), TimeElapsedColumn(),
+    columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=err) as progress:
+    with Progress(*columns, console=err, speed_estimate_period=600) as progress:  # batches can take minutes
         task = progress.add_task("generate", total=n)
         started: list[int] = []
 

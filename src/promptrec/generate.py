@@ -25,7 +25,7 @@ import pandas as pd
 
 from promptrec.clean import clean_text
 from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, DataError, ensure_writable, read_texts, write_table
-from promptrec.llm.base import GenerationSettings, Generator, load_generator
+from promptrec.llm.base import GenerationSettings, Generator, default_backend, load_generator
 from promptrec.llm.templates import FEWSHOT_STOP, chat_messages, fewshot_prompt
 
 REWRITER, GENERATION = "rewriter", "generation"  # provenance columns
@@ -43,7 +43,8 @@ class GenerateConfig:
     max_new_tokens: int = 192  # longest rewrite
     temperature: float = 0.7  # sampling; greedy small models mostly copy the text back
     top_p: float = 0.9
-    batch: int = 8  # prompts per LLM call and per journal flush (llama.cpp: sequences decoded together)
+    batch: int = 32  # prompts per LLM call and per journal flush (at most this much work is redone after a kill)
+    parallel: int = 8  # sequences decoded together (llama.cpp) or the batch size (transformers)
     text_column: str = "text"  # column of TEXTS when it is a table
     prompt_column: str = "rewrite_prompt"  # column of PROMPTS when it is a table
     backend_options: dict = field(default_factory=dict)  # extra options for the backend (n_threads, device...)
@@ -258,13 +259,14 @@ def generate_triples(
 
 
 def _load(config: GenerateConfig) -> Generator:
+    """The rewriter with `config.parallel` sequences at a time, in its backend's terms."""
     options = dict(config.backend_options)
-    backend = config.backend or ("llamacpp" if config.rewriter.endswith(".gguf") or config.rewriter in ("smollm2", "gemma3-270m") else "hf")
+    backend = config.backend or default_backend(config.rewriter)
     if backend == "llamacpp":
-        options.setdefault("parallel", config.batch)
-        options.setdefault("n_ctx", config.max_input_tokens + config.max_new_tokens + 256)
+        options.setdefault("parallel", config.parallel)
+        options.setdefault("n_ctx", config.max_input_tokens + config.max_new_tokens + 512)  # + template and prompt
     elif backend == "hf":
-        options.setdefault("batch_size", config.batch)
+        options.setdefault("batch_size", config.parallel)
     return load_generator(config.rewriter, backend, **options)
 
 

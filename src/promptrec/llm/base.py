@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -47,10 +48,20 @@ BACKENDS: dict[str, str] = {
 }
 
 
+def default_backend(model: str) -> str:
+    """The backend a model name implies: llama.cpp for GGUF files and the offline short names, else transformers."""
+    return "llamacpp" if model.endswith(".gguf") or model in ("smollm2", "gemma3-270m") else "hf"
+
+
 def load_generator(model: str, backend: str | None = None, **options) -> Generator:
     """Load `model` (short offline name, hub id or path) with `backend`, or the one its path implies."""
-    name = backend or ("llamacpp" if model.endswith(".gguf") or model in ("smollm2", "gemma3-270m") else "hf")
+    name = backend or default_backend(model)
     if name not in BACKENDS:
         raise DataError(f"unknown LLM backend '{name}' (known: {', '.join(sorted(BACKENDS)) or 'none'})")
     module, cls = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(model, **options)
+    generator = getattr(importlib.import_module(module), cls)
+    try:
+        inspect.signature(generator).bind(model, **options)
+    except TypeError as error:
+        raise DataError(f"backend '{name}': {error} (options: {', '.join(options) or 'none'})") from None
+    return generator(model, **options)
