@@ -142,8 +142,9 @@ def test_interrupted_run_resumes_to_the_same_output(tmp_path, sources):
         generate_triples(*sources, out, GenerateConfig(n=7, batch=2), generator=FakeRewriter(interrupt_on_call=3))
     journal = tmp_path / "out.csv.partial" / "journal.jsonl"
     assert len(journal.read_text(encoding="utf-8").splitlines()) == 4 and not out.exists()
+    lines = journal.read_bytes().split(b"\n")
     with open(journal, "ab") as handle:  # a kill in the middle of a write leaves a torn line
-        handle.write(b'{"attempt": 4, "text": 1, "pro')
+        handle.write(lines[3].replace(b'"attempt": 3', b'"attempt": 4'))  # whole JSON, newline missing
     with pytest.raises(DataError, match=r"out.csv.partial: an unfinished run with other arguments \(seed: 0, now 1\)"):
         generate_triples(*sources, out, GenerateConfig(n=7, batch=2, seed=1), generator=FakeRewriter())
     resumed = FakeRewriter()

@@ -24,7 +24,9 @@ import numpy as np
 import pandas as pd
 
 from promptrec.clean import clean_text
-from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, DataError, ensure_writable, read_texts, write_table
+from promptrec.data import (
+    ID, ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, ensure_writable, read_texts, write_table,
+)
 from promptrec.llm.base import GenerationSettings, Generator, default_backend, load_generator
 from promptrec.llm.templates import FEWSHOT_STOP, chat_messages, fewshot_prompt
 
@@ -155,7 +157,10 @@ class _Journal:
         self.folder, self.path = folder, folder / "journal.jsonl"
         manifest_path = folder / "manifest.json"
         if manifest_path.is_file():
-            old = json.loads(manifest_path.read_text(encoding="utf-8"))
+            try:
+                old = json.loads(manifest_path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise DataError(f"{manifest_path}: unreadable manifest; delete {folder} to start over") from None
             changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
             if changed:
                 key = changed[0]
@@ -165,9 +170,8 @@ class _Journal:
                 )
         else:
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = manifest_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-            os.replace(tmp, manifest_path)
+            with atomic_write(manifest_path) as handle:
+                handle.write(json.dumps(manifest, indent=1))
         self.records = self._read()
         self.handle = open(self.path, "a", encoding="utf-8")
 
@@ -177,7 +181,7 @@ class _Journal:
             return []
         raw = self.path.read_bytes()
         records, good = [], 0
-        for line in raw.split(b"\n"):
+        for line in raw.split(b"\n")[:-1]:  # only newline-terminated lines were written whole
             try:
                 record = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError):
