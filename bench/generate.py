@@ -3,7 +3,7 @@
 All settings rewrite the same (text, prompt) requests in one run:
   naive      one request at a time, every prompt evaluated from scratch (parallel=1, no prefix cache)
   batched    continuous batching of --parallel sequences, shared chat prefix evaluated once
-  batched+q  the same with the weights re-quantized to --quant (faster CPU kernels than the packaged Q4_1)
+  + q4_0     both again with the weights re-quantized to --quant (faster CPU kernels than the packaged Q4_1)
 Run: `promptrec bench generate`, or `python bench/generate.py [--n 16] [--parallel 8] [--max-new-tokens 96] [--device]`.
 --device adds the transformers backend (batched, GPU when present) on the same requests.
 """
@@ -71,6 +71,7 @@ def main() -> None:
         (f"batched (parallel={args.parallel})", "llamacpp", {"parallel": args.parallel}),
     ]
     if args.quant:
+        setups.append((f"naive + {args.quant}", "llamacpp", {"parallel": 1, "prefix_cache": False, "quant": args.quant}))
         setups.append((f"batched + {args.quant}", "llamacpp", {"parallel": args.parallel, "quant": args.quant}))
     if args.device:
         setups.append((f"transformers (batch={args.parallel})", "hf", {"batch_size": args.parallel}))

@@ -188,7 +188,7 @@ def generate(
     parallel: Annotated[int, typer.Option(help="sequences decoded together (llama.cpp) / batch size (transformers)")] = 8,
     text_column: Annotated[str, typer.Option(help="column of --texts when it is a table")] = "text",
     prompt_column: Annotated[str, typer.Option(help="column of --prompts when it is a table")] = "rewrite_prompt",
-    setting: Annotated[list[str], typer.Option("--set", help="backend option key=value (repeatable)")] = [],
+    setting: Annotated[list[str], typer.Option("--set", help="backend option key=value, e.g. quant=q4_0, n_threads=2, device=cuda (repeatable)")] = [],
 ) -> None:
     """Make training triples with a rewriter LLM; re-run the same command to resume an interrupted run."""
     from rich.progress import (

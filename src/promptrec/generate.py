@@ -246,7 +246,8 @@ def generate_triples(
             generator = generator or _load(config)
             count = _token_counter(generator)
             while kept < config.n:
-                chosen = [pair for _, pair in zip(range(config.batch), stream)]
+                size = min(config.batch, config.n - kept)  # no rewrites beyond what is still missing
+                chosen = [pair for _, pair in zip(range(size), stream)]
                 if not chosen:
                     summary.exhausted = True
                     break

@@ -38,11 +38,15 @@ class HFGenerator:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         extra = {"gguf_file": gguf_file} if gguf_file else {}
+        # On CUDA the weights load straight onto the GPU (accelerate), not via a full CPU copy.
+        placement = {"device_map": self.device} if self.device.startswith("cuda") else {}
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
             self.model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=dtype, trust_remote_code=trust_remote_code, **extra
-            ).to(self.device)
+                source, dtype=dtype, trust_remote_code=trust_remote_code, **extra, **placement
+            )
+            if not placement:
+                self.model.to(self.device)
         except OSError as error:
             raise DataError(f"{model}: cannot load a causal LM ({str(error).splitlines()[0]})") from None
         self.model.eval()
