@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from promptrec.data import TRIPLE_COLUMNS, DataError, read_table
-from promptrec.generate import GenerateConfig, generate_triples, load_sources, pair_stream, truncate
+from promptrec.generate import GenerateConfig, generate_triples, load_sources, pair_stream, trim_unfinished, truncate
 from promptrec.llm.base import GenerationSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +86,15 @@ def test_truncate_at_sentence_boundary():
     assert truncate("Paragraph one\n\nParagraph two is here", 20, len) == "Paragraph one"
 
 
+def test_trim_unfinished_last_sentence():
+    assert trim_unfinished("First one. Second one. And then the thi") == "First one. Second one."
+    assert trim_unfinished("Complete. Also complete!") == "Complete. Also complete!"
+    assert trim_unfinished("Short. A much longer unfinished sentence that goes on and on") == (
+        "Short. A much longer unfinished sentence that goes on and on"  # would lose more than half
+    )
+    assert trim_unfinished("no sentence end at all") == "no sentence end at all"
+
+
 def test_pair_stream_samples_without_replacement_and_is_seeded():
     pairs = list(pair_stream(4, 3, seed=5))
     assert len(pairs) == 12 and len(set(pairs)) == 12
@@ -126,6 +135,12 @@ def test_generate_cleans_drops_and_counts(tmp_path, sources):
     }
     assert frame.id.is_unique and not (tmp_path / "triples.csv.partial").exists()
     assert f"dropped empty or refused: {empty}" in "\n".join(summary.lines())
+
+
+def test_rows_that_hit_the_token_limit_are_counted(tmp_path, sources):
+    summary = generate_triples(*sources, tmp_path / "o.csv", GenerateConfig(n=2, max_new_tokens=5), generator=FakeRewriter())
+    assert summary.kept == 2 and summary.cut_off == 2  # ~4 characters a token: every fake rewrite hits 5 tokens
+    assert "kept rows that hit --max-new-tokens: 2" in "\n".join(summary.lines())
 
 
 def test_generate_stops_when_pairs_run_out(tmp_path, sources):

@@ -61,6 +61,7 @@ class GenerateSummary:
     attempted: int = 0
     empty: int = 0  # rewrite empty after cleaning (refusals included)
     identical: int = 0  # rewrite equal to the original text
+    cut_off: int = 0  # kept rewrites that hit max_new_tokens (an unfinished last sentence is trimmed)
     resumed: int = 0  # attempts found in the journal at start
     exhausted: bool = False  # every (text, prompt) pair was tried before reaching n
     seconds: float = 0.0
@@ -75,6 +76,7 @@ class GenerateSummary:
             f"  pairs tried: {self.attempted} ({self.resumed} from an earlier run) of {self.texts} texts x {self.prompts} prompts",
             f"  dropped empty or refused: {self.empty}",
             f"  dropped identical to the original: {self.identical}",
+            f"  kept rows that hit --max-new-tokens: {self.cut_off} (unfinished last sentence trimmed)",
             f"  time: {self.seconds:.1f} s ({rate:.2f} rewrites/s this run)",
         ]
         if self.exhausted:
@@ -138,6 +140,14 @@ def pair_stream(n_texts: int, n_prompts: int, seed: int) -> Iterator[tuple[int, 
 
 def _digest(items: list[str]) -> str:
     return hashlib.sha256("\x00".join(items).encode("utf-8")).hexdigest()[:16]
+
+
+def trim_unfinished(text: str) -> str:
+    """Drop a last sentence that the token limit cut off, when complete sentences make up at least half."""
+    ends = [m.start() for m in _SENTENCE_END.finditer(text + " ")]
+    if not ends or ends[-1] >= len(text.rstrip()) or ends[-1] < len(text) / 2:
+        return text
+    return text[: ends[-1]].rstrip()
 
 
 def _same_text(a: str, b: str) -> bool:
@@ -290,10 +300,13 @@ def _rewrite(
     records = []
     for offset, ((t, p), (text, prompt), raw) in enumerate(zip(chosen, pairs, outputs)):
         cleaned, _ = clean_text(raw)
+        cut_off = count(raw) >= config.max_new_tokens - 1  # the limit, not the model, ended it
+        if cut_off:
+            cleaned = trim_unfinished(cleaned)
         status = "empty" if not cleaned else "identical" if _same_text(cleaned, text) else "kept"
         records.append({
             "attempt": first + offset, "text": t, "prompt": p, "original": text, "rewrite_prompt": prompt,
-            "rewritten": cleaned, "raw": raw, "status": status, "template": template,
+            "rewritten": cleaned, "raw": raw, "status": status, "template": template, "cut_off": cut_off,
         })
     return records
 
@@ -308,6 +321,7 @@ def _finish(
     summary.identical = sum(r["status"] == "identical" for r in records)
     kept = [r for r in records if r["status"] == "kept"][: config.n]
     summary.kept = len(kept)
+    summary.cut_off = sum(r["cut_off"] for r in kept)
     name = getattr(generator, "name", None) or config.rewriter
     settings = {k: getattr(config, k) for k in ("max_input_tokens", "max_new_tokens", "temperature", "top_p", "seed")}
     frame = pd.DataFrame({
