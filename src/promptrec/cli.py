@@ -277,6 +277,64 @@ def fit(
     say(f"saved ensemble ({ensemble.config.mode}; members {', '.join(ensemble.members)}) -> {output}")
 
 
+@app.command()
+def generate(
+    texts: Annotated[Path, typer.Option(help="source texts: table column, JSON list, .txt lines or a folder of .txt")],
+    prompts: Annotated[Path, typer.Option(help="rewrite prompts: table column, JSON list or .txt lines")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="triples table to write (.csv, .parquet, .jsonl)")],
+    rewriter: Annotated[str, typer.Option(help="smollm2, gemma3-270m, a .gguf path, hub id or folder")] = "smollm2",
+    backend: Annotated[Optional[str], typer.Option(help="llamacpp, hf or vllm (default: implied by --rewriter)")] = None,
+    n: Annotated[int, typer.Option("--n", help="triples to keep")] = 100,
+    seed: Annotated[int, typer.Option(help="pair sampling and sampling seed")] = 0,
+    max_input_tokens: Annotated[int, typer.Option(help="cut texts at a sentence boundary to fit")] = 256,
+    max_new_tokens: Annotated[int, typer.Option(help="longest rewrite in tokens")] = 192,
+    temperature: Annotated[float, typer.Option(help="sampling temperature (0: greedy)")] = 0.7,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling")] = 0.9,
+    batch: Annotated[int, typer.Option(help="prompts per LLM call and per journal flush")] = 32,
+    parallel: Annotated[int, typer.Option(help="sequences decoded together (llama.cpp) / batch size (transformers)")] = 8,
+    text_column: Annotated[str, typer.Option(help="column of --texts when it is a table")] = "text",
+    prompt_column: Annotated[str, typer.Option(help="column of --prompts when it is a table")] = "rewrite_prompt",
+    setting: Annotated[list[str], typer.Option("--set", help="backend option key=value, e.g. quant=q4_0, n_threads=2, device=cuda (repeatable)")] = [],
+) -> None:
+    """Make training triples with a rewriter LLM; re-run the same command to resume an interrupted run."""
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    from promptrec.generate import GenerateConfig, generate_triples
+
+    class Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed:.2f} rows/s" if task.speed else "- rows/s")
+
+    config = GenerateConfig(
+        rewriter=rewriter, backend=backend, n=n, seed=seed, max_input_tokens=max_input_tokens,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch=batch,
+        parallel=parallel, text_column=text_column, prompt_column=prompt_column, backend_options=_options(setting),
+    )
+    columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=err, speed_estimate_period=600) as progress:  # batches can take minutes
+        task = progress.add_task("generate", total=n)
+        started: list[int] = []
+
+        def update(kept: int, total: int) -> None:
+            if not started:  # rows resumed from the journal do not count towards the rate
+                started.append(kept)
+                progress.reset(task, completed=kept)
+            progress.update(task, completed=kept)
+
+        try:
+            summary = generate_triples(config=config, texts_path=texts, prompts_path=prompts, out=output, on_progress=update)
+        except KeyboardInterrupt:
+            progress.stop()
+            err.print(f"[yellow]interrupted[/]: finished rows are kept in {escape(str(output))}.partial; re-run the same command to continue")
+            raise typer.Exit(130) from None
+    for line in summary.lines():
+        say(line)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning expected errors into one coloured line and exit code 2."""
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -20,6 +21,12 @@ class GenerationSettings:
     stop: tuple[str, ...] = field(default_factory=tuple)
 
 
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to the first occurrence of any stop string."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+    return text[:cut]
+
+
 @runtime_checkable
 class Generator(Protocol):
     """A loaded LLM that completes prompts; `name` is recorded as provenance."""
@@ -34,13 +41,27 @@ class Generator(Protocol):
 
 
 # backend name -> "module:Class"; imported only when chosen.
-BACKENDS: dict[str, str] = {}
+BACKENDS: dict[str, str] = {
+    "llamacpp": "promptrec.llm.llamacpp:LlamaCppGenerator",  # GGUF on CPU: the offline default
+    "hf": "promptrec.llm.hf:HFGenerator",  # transformers: hub ids, local folders; batched, GPU when present
+    "vllm": "promptrec.llm.vllm:VLLMGenerator",  # GPU throughput; optional install
+}
+
+
+def default_backend(model: str) -> str:
+    """The backend a model name implies: llama.cpp for GGUF files and the offline short names, else transformers."""
+    return "llamacpp" if model.endswith(".gguf") or model in ("smollm2", "gemma3-270m") else "hf"
 
 
 def load_generator(model: str, backend: str | None = None, **options) -> Generator:
     """Load `model` (short offline name, hub id or path) with `backend`, or the one its path implies."""
-    name = backend or ("llamacpp" if model.endswith(".gguf") or model in ("smollm2", "gemma3-270m") else "hf")
+    name = backend or default_backend(model)
     if name not in BACKENDS:
         raise DataError(f"unknown LLM backend '{name}' (known: {', '.join(sorted(BACKENDS)) or 'none'})")
     module, cls = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(model, **options)
+    generator = getattr(importlib.import_module(module), cls)
+    try:
+        inspect.signature(generator).bind(model, **options)
+    except TypeError as error:
+        raise DataError(f"backend '{name}': {error} (options: {', '.join(options) or 'none'})") from None
+    return generator(model, **options)
