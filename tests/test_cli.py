@@ -95,3 +95,14 @@ def test_train_constant_select_then_recover_and_embed(capsys, tmp_path):
     assert code == 0 and len(prompts) == 1 and prompts <= set(pd.read_csv(EXAMPLES / "test.csv")["rewrite_prompt"])
     code, out, _ = run(capsys, "embed", EXAMPLES / "test.csv", "-o", tmp_path / "p.npy")
     assert code == 0 and "shape (20, 384) [proxy (all-MiniLM-L6-v2)]" in out
+
+
+def test_a_ten_megabyte_text_is_accepted(capsys, tmp_path):
+    src = tmp_path / "big.csv"
+    pd.DataFrame({"id": ["big", "small"], "original_text": ["word " * 2_000_000, "x"],
+                  "rewritten_text": ["WORD " * 2_000_000, "X"]}).to_csv(src, index=False)
+    assert src.stat().st_size > 20_000_000
+    code, out, _ = run(capsys, "recover", src, "-o", tmp_path / "sub.csv")
+    assert code == 0 and "wrote 2 prompts" in out
+    code, out, _ = run(capsys, "clean", src, tmp_path / "clean.csv")
+    assert code == 0 and "cleaned 2 rows" in out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from promptrec.methods.constant import ConstantConfig, ConstantMethod
 from promptrec.recover import recover
@@ -39,3 +41,31 @@ def test_bad_row_late_in_the_file_leaves_no_output(tmp_path):
     with pytest.raises(Exception, match="duplicate id 'r0'"):
         recover(src, out, ConstantMethod(ConstantConfig(prompt="p")), chunk_rows=3)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["pairs.csv"]
+
+
+ids_st = st.lists(st.text(alphabet="abcxyz019_-", min_size=1, max_size=6), min_size=1, max_size=12, unique=True)
+texts_st = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
+
+
+class Whatever:
+    """A toy method returning arbitrary, possibly blank, outputs."""
+
+    name = "whatever"
+
+    def __init__(self, outputs):
+        self.outputs = outputs
+
+    def predict(self, pairs):
+        return [self.outputs[i % len(self.outputs)] for i in range(len(pairs))]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ids=ids_st, text=texts_st, outputs=st.lists(st.sampled_from(["", "  ", "p", "a, \"b\"\nc"]), min_size=1, max_size=4),
+       chunk=st.integers(1, 5))
+def test_recover_never_blank_every_id_once_in_order(tmp_path, ids, text, outputs, chunk):
+    src, out = tmp_path / "pairs.jsonl", tmp_path / "sub.csv"
+    pd.DataFrame({"id": ids, "original_text": text, "rewritten_text": text}).to_json(src, orient="records", lines=True)
+    assert recover(src, out, Whatever(outputs), chunk_rows=chunk) == len(ids)
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert sub["id"].tolist() == ids
+    assert (sub["rewrite_prompt"].str.strip() != "").all()
