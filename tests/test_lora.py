@@ -86,6 +86,9 @@ def test_clean_generation_strips_labels_and_quotes():
 def test_presets_fill_unset_fields_only():
     settings = lora.resolve_settings(lora.LoraSettings(preset="phi-2", r=4))
     assert (settings.model, settings.r, settings.alpha) == ("microsoft/phi-2", 4, 32)
+    assert from_name("lora", learning_rate="3e-4", r="4").config.learning_rate == 3e-4  # YAML reads 3e-4 as text
+    with pytest.raises(ValueError, match="option 'epochs' must be a number"):
+        from_name("lora", epochs="many")
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         lora.LoraMethod(lora.LoraSettings(preset="nope"))
 

@@ -97,6 +97,14 @@ def resolve_settings(settings: LoraSettings) -> LoraSettings:
         raise DataError(f"lora: unknown preset '{settings.preset}' (known: {', '.join(PRESETS)})")
     preset = PRESETS[settings.preset]
     filled = {k: preset[k] for k, v in dataclasses.asdict(settings).items() if v is None and k in preset}
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        # YAML reads "3e-4" as text; numbers given on the command line are coerced to the field's type.
+        if isinstance(value, str) and field.type.split(" |")[0] in ("float", "int"):
+            try:
+                filled[field.name] = (float if field.type.startswith("float") else int)(value)
+            except ValueError:
+                raise DataError(f"lora: option '{field.name}' must be a number, got '{value}'") from None
     return dataclasses.replace(settings, **filled)
 
 
@@ -327,12 +335,12 @@ class LoraMethod:
                      f" | train {len(train_rows)} rows, held-out {len(held_rows)} | {total} updates")
 
         progress = {"best": -math.inf, "adapter": None, "waited": 0, "loss": 0.0, "batches": 0, "at": -1}
-        updates, tokens, started = 0, 0, time.perf_counter()
+        updates, tokens, train_seconds = 0, 0, 0.0  # tokens/s counts training time only, not evaluations
 
         def checkpoint(when: str) -> bool:
             """Evaluate, keep the best adapter; True when patience ran out (agreed by every process)."""
             mean_loss = progress["loss"] / max(progress["batches"], 1)
-            score = self._evaluate(accelerator, model, held_rows, held, when, mean_loss, tokens / (time.perf_counter() - started))
+            score = self._evaluate(accelerator, model, held_rows, held, when, mean_loss, tokens / max(train_seconds, 1e-9))
             progress.update(loss=0.0, batches=0, at=updates)
             stop = False
             if score is not None and score > progress["best"]:
@@ -348,6 +356,7 @@ class LoraMethod:
         for epoch in itertools.count() if cfg.max_steps else range(cfg.epochs):
             model.train()
             for batch in loader:
+                started = time.perf_counter()
                 with accelerator.accumulate(model):
                     loss = model(**batch).loss
                     accelerator.backward(loss)
@@ -357,6 +366,7 @@ class LoraMethod:
                 progress["loss"] += loss.item()
                 progress["batches"] += 1
                 tokens += int(batch["attention_mask"].sum())
+                train_seconds += time.perf_counter() - started
                 if not accelerator.sync_gradients:
                     continue
                 updates += 1
@@ -430,8 +440,12 @@ class LoraMethod:
     # ---- persistence ----------------------------------------------------------------------
     def save(self, folder: Path) -> None:
         """Write method.json, the adapter (safetensors), the tokenizer, history.json and, with merge, merged/."""
+        from accelerate import PartialState
+
         if self.model is None:
             raise DataError("lora: nothing to save; fit the method first")
+        if not PartialState().is_main_process:
+            return  # under `accelerate launch` every process trains; one writes
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if hasattr(self.model, "peft_config"):
