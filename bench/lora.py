@@ -2,7 +2,7 @@
 
 Prints training tokens/s (non-pad tokens through forward + backward) and inference rows/s with
 batched greedy decoding next to one row at a time, as a ratio, all measured in this run.
-Run: `promptrec bench lora` or `python bench/lora.py --steps 8 --rows 16`.
+Run: `promptrec bench lora` or `python bench/lora.py --steps 8 --rows 32 --text-tokens 128`.
 """
 
 from __future__ import annotations
@@ -33,18 +33,21 @@ def _rows(count: int) -> pd.DataFrame:
 def main() -> None:
     """Train a few steps, then time batched against one-at-a-time generation."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=8, help="LoRA updates timed (batch 4)")
+    parser.add_argument("--steps", type=int, default=3, help="LoRA updates timed (batch 4)")
     parser.add_argument("--rows", type=int, default=16, help="rows generated in each inference mode")
+    parser.add_argument("--text-tokens", type=int, default=48, help="token budget per text (original, rewritten)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PROMPTREC_THREADS or all cores)")
     args, _ = parser.parse_known_args()  # `promptrec bench lora` leaves its own words in sys.argv
     quiet_libraries()
     threads = set_threads(args.threads or None)
-    method = LoraMethod(LoraSettings(max_steps=args.steps, val_fraction=0.0, select_fallback=False),
+    settings = LoraSettings(max_steps=args.steps, text_tokens=args.text_tokens, val_fraction=0.0, select_fallback=False)
+    method = LoraMethod(settings,
                         log=lambda line: None)
     train = _rows(args.steps * method.config.batch_size)
     method.fit(train)
     tokens_per_s = method.history[-1]["train_tokens_per_s"]
-    print(f"lora bench: {method.config.model} r={method.config.r}, {threads} thread(s), CPU")
+    print(f"lora bench: {method.config.model} r={method.config.r}, text budget {args.text_tokens} tokens, "
+          f"{threads} thread(s), CPU")
     print(f"train: {args.steps} updates x batch {method.config.batch_size}: {tokens_per_s:.0f} tokens/s")
 
     pairs = _rows(args.rows)

@@ -286,14 +286,16 @@ class LoraMethod:
     # ---- training -------------------------------------------------------------------------
     def fit(self, triples: pd.DataFrame) -> None:
         """Train the adapter on triples; evaluate on a grouped held-out split, keep the best score."""
+        from promptrec.models import require
+
+        require("peft")
+        require("accelerate")
         torch = _torch()
         from accelerate import Accelerator
         from accelerate.utils import broadcast_object_list, set_seed
         from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+        from transformers import get_linear_schedule_with_warmup
 
-        from promptrec.models import require
-
-        require("peft")
         cfg = self.config
         rows = triples[triples[PROMPT].str.strip() != ""]
         if rows.empty:
@@ -325,8 +327,6 @@ class LoraMethod:
         total = cfg.max_steps or cfg.epochs * updates_per_epoch
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        from transformers import get_linear_schedule_with_warmup
-
         schedule = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
         model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
         self.tokenizer = tokenizer
