@@ -344,7 +344,7 @@ class LoraMethod:
             progress.update(loss=0.0, batches=0, at=updates)
             stop = False
             if score is not None and score > progress["best"]:
-                state = get_peft_model_state_dict(accelerator.unwrap_model(model))
+                state = get_peft_model_state_dict(accelerator.unwrap_model(model), save_embedding_layers=False)
                 progress.update(best=score, adapter={k: v.detach().cpu().clone() for k, v in state.items()}, waited=0)
             elif score is not None:
                 progress["waited"] += 1
@@ -449,7 +449,7 @@ class LoraMethod:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if hasattr(self.model, "peft_config"):
-            self.model.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
+            self.model.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True, save_embedding_layers=False)
         self.tokenizer.save_pretrained(folder / TOKENIZER_DIR)
         if self.config.merge:
             if hasattr(self.model, "peft_config"):
