@@ -2,6 +2,8 @@
 
 Prints training tokens/s (non-pad tokens through forward + backward) and inference rows/s with
 batched greedy decoding next to one row at a time, as a ratio, all measured in this run.
+On CPU the prompt's prefill is compute-bound and costs the same batched or not; batching saves the
+per-token decoding overhead, so the ratio grows with generated length and shrinks with input length.
 Run: `promptrec bench lora` or `python bench/lora.py --steps 8 --rows 32 --text-tokens 128`.
 """
 
