@@ -62,11 +62,22 @@ def from_name(name: str, **config: Any) -> Method:
 
 def config_from_dict(cls: type[C], values: dict[str, Any], source: str) -> C:
     """Build a config dataclass, rejecting unknown keys in one line naming `source`."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise DataError(f"{source}: unknown option '{unknown[0]}' (known: {', '.join(sorted(names))})")
-    return cls(**values)
+        raise DataError(f"{source}: unknown option '{unknown[0]}' (known: {', '.join(sorted(fields))})")
+    return cls(**{name: _coerce(fields[name], value, source) for name, value in values.items()})
+
+
+def _coerce(field: dataclasses.Field, value: Any, source: str) -> Any:
+    """Numbers written as text (YAML reads "3e-4" as a string) become the field's number type."""
+    kind = str(field.type).split(" |")[0]
+    if kind not in ("float", "int") or not isinstance(value, str):
+        return value
+    try:
+        return float(value) if kind == "float" else int(value)
+    except ValueError:
+        raise DataError(f"{source}: option '{field.name}' must be a number, got '{value}'") from None
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

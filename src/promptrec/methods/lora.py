@@ -97,14 +97,6 @@ def resolve_settings(settings: LoraSettings) -> LoraSettings:
         raise DataError(f"lora: unknown preset '{settings.preset}' (known: {', '.join(PRESETS)})")
     preset = PRESETS[settings.preset]
     filled = {k: preset[k] for k, v in dataclasses.asdict(settings).items() if v is None and k in preset}
-    for field in dataclasses.fields(settings):
-        value = getattr(settings, field.name)
-        # YAML reads "3e-4" as text; numbers given on the command line are coerced to the field's type.
-        if isinstance(value, str) and field.type.split(" |")[0] in ("float", "int"):
-            try:
-                filled[field.name] = (float if field.type.startswith("float") else int)(value)
-            except ValueError:
-                raise DataError(f"lora: option '{field.name}' must be a number, got '{value}'") from None
     return dataclasses.replace(settings, **filled)
 
 
