@@ -19,6 +19,7 @@ CONFIG_FILE = "method.json"
 # name -> "module:Class"; imported only when asked for, so heavy dependencies load lazily.
 METHODS: dict[str, str] = {
     "constant": "promptrec.methods.constant:ConstantMethod",
+    "fewshot": "promptrec.methods.fewshot:FewShotMethod",
 }
 
 C = TypeVar("C")
