@@ -67,7 +67,7 @@ def _triples() -> pd.DataFrame:
 
 def _method(generator=None, **config) -> FewShotMethod:
     method = FewShotMethod(FewShotConfig(**config))
-    method._embedder = BagOfWords()
+    method.embedder = BagOfWords()
     method.generator = generator or ChatMLGenerator()
     return method
 
@@ -215,7 +215,7 @@ def test_save_load_round_trip(tmp_path):
     pd.testing.assert_frame_equal(loaded.index.examples, method.index.examples)
     np.testing.assert_array_equal(loaded.index.rewritten_emb, method.index.rewritten_emb)
     np.testing.assert_array_equal(loaded.index.diff_emb, method.index.diff_emb)
-    loaded._embedder, loaded.generator = BagOfWords(), ChatMLGenerator()
+    loaded.embedder, loaded.generator = BagOfWords(), ChatMLGenerator()
     pairs = pd.DataFrame({"original_text": ["a cat"], "rewritten_text": ["a pirate cat"]})
     assert loaded.inputs(pairs) == method.inputs(pairs)
 
@@ -226,7 +226,7 @@ def test_packaged_smollm2_end_to_end(tmp_path):
     from promptrec.llm.base import load_generator
 
     method = FewShotMethod(FewShotConfig(k=2, max_new_tokens=16, example_tokens=32, query_tokens=48))
-    method._embedder = BagOfWords()
+    method.embedder = BagOfWords()
     method.generator = load_generator("smollm2", n_threads=1)
     assert method.uses_chat()
     method.fit(_triples())

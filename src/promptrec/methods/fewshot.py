@@ -241,17 +241,17 @@ class FewShotMethod:
             raise DataError(f"fewshot: template must be auto, chat or completion, not '{self.config.template}'")
         self.index: ExampleIndex | None = None
         self.generator = None  # loaded on first predict, or set by the caller
-        self._embedder = None
+        self.embedder = None  # retrieval embedder (anything with .encode), loaded on first use or set by the caller
         self.fallbacks = 0  # rows of the last predict that got the fallback prompt
 
     # -- pieces loaded lazily --
-    def embedder(self):
-        """The retrieval embedder, loaded once."""
-        if self._embedder is None:
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(n, d) unit embeddings from the retrieval embedder, loaded once."""
+        if self.embedder is None:
             from promptrec.metric import load_embedder
 
-            self._embedder = load_embedder(self.config.embedder)
-        return self._embedder
+            self.embedder = load_embedder(self.config.embedder)
+        return self.embedder.encode(texts)
 
     def load_generator(self):
         """The LLM (preset, short name, path or hub id), loaded once."""
@@ -271,7 +271,7 @@ class FewShotMethod:
     # -- fit / predict --
     def fit(self, triples: pd.DataFrame) -> None:
         """Build the example index (pair embeddings) and pick fixed examples and the fallback prompt."""
-        encode = self.embedder().encode
+        encode = self.encode
         self.index = ExampleIndex.build(triples, encode)
         prompts = self.index.examples[PROMPT].tolist()
         if self.config.selection == "fixed" and not self.config.fixed_ids:
@@ -291,7 +291,7 @@ class FewShotMethod:
                 raise DataError(f"fewshot: fixed example id '{missing[0]}' is not in the training set")
             fixed = [index.example(rows[i]) for i in self.config.fixed_ids]
             return [fixed] * len(pairs)
-        rewritten_emb, diff_emb = pair_embeddings(self.embedder().encode, pairs[ORIGINAL].tolist(), pairs[REWRITTEN].tolist())
+        rewritten_emb, diff_emb = pair_embeddings(self.encode, pairs[ORIGINAL].tolist(), pairs[REWRITTEN].tolist())
         nearest = index.neighbours(rewritten_emb, diff_emb, self.config.k, self.config.diff_weight)  # (m, k)
         return [[index.example(r) for r in row[::-1]] for row in nearest]
 
