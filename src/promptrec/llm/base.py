@@ -34,7 +34,11 @@ class Generator(Protocol):
 
 
 # backend name -> "module:Class"; imported only when chosen.
-BACKENDS: dict[str, str] = {}
+BACKENDS: dict[str, str] = {
+    "llamacpp": "promptrec.llm.llamacpp:LlamaCppGenerator",  # GGUF on CPU: the offline default
+    "hf": "promptrec.llm.hf:HFGenerator",  # transformers: hub ids, local folders; batched, GPU when present
+    "vllm": "promptrec.llm.vllm:VLLMGenerator",  # GPU throughput; optional install
+}
 
 
 def load_generator(model: str, backend: str | None = None, **options) -> Generator:
