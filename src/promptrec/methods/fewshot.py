@@ -53,7 +53,8 @@ class FewShotConfig:
     fallback_prompt: str = FALLBACK_PROMPT  # used when the answer is empty or unusable
     select_fallback: bool = True  # fit replaces fallback_prompt by the training set's best constant prompt
     embedder: str = "proxy"  # embedder of the retrieval index: proxy, official or a folder
-    threads: int = 0  # llama.cpp threads (0: PROMPTREC_THREADS or all cores)
+    threads: int = 0  # llama.cpp threads (0: the backend's default, PROMPTREC_THREADS or 1)
+    prefix_cache: bool = True  # llama.cpp: evaluate a prompt prefix shared with the previous row once
 
 
 # ---- texts and prompts --------------------------------------------------------------------------------------
@@ -221,6 +222,9 @@ def typical_rows(prompts: Sequence[str], encode: Callable[[list[str]], np.ndarra
 
 def has_chat_template(generator) -> bool:
     """True when the model renders chat messages with a template of its own (instruct models)."""
+    flag = getattr(generator, "has_chat_template", None)  # the packaged backends say so directly
+    if flag is not None:
+        return bool(flag)
     try:
         return bool(generator.render_chat([{"role": "user", "content": "x"}]).strip())
     except Exception:  # backends signal a missing template with their own error types
@@ -258,8 +262,12 @@ class FewShotMethod:
         if self.generator is None:
             from promptrec.llm.base import load_generator
 
-            model, backend = PRESETS.get(self.config.model, (self.config.model, self.config.backend))
-            self.generator = load_generator(model, self.config.backend or backend or None)
+            model, backend = PRESETS.get(self.config.model, (self.config.model, ""))
+            backend = self.config.backend or backend
+            options = {}
+            if (backend or "llamacpp") == "llamacpp" and (model.endswith(".gguf") or model in ("smollm2", "gemma3-270m")):
+                options = {"prefix_cache": self.config.prefix_cache, "n_threads": self.config.threads or None}
+            self.generator = load_generator(model, backend or None, **options)
         return self.generator
 
     def uses_chat(self) -> bool:
@@ -296,10 +304,15 @@ class FewShotMethod:
         return [[index.example(r) for r in row[::-1]] for row in nearest]
 
     def codec(self) -> tuple[Encode, Decode]:
-        """Token encode/decode for truncation: the model's tokenizer when exposed, else words."""
-        generator = self.generator
-        if generator is not None and hasattr(generator, "tokenize") and hasattr(generator, "detokenize"):
-            return generator.tokenize, generator.detokenize
+        """Token encode/decode for truncation: the model's own tokenizer where the backend holds one, else words."""
+        llm = getattr(self.generator, "llm", None)  # llama.cpp backend
+        if llm is not None and hasattr(llm, "detokenize"):
+            return (lambda text: llm.tokenize(text.encode("utf-8"), add_bos=False, special=False),
+                    lambda ids: llm.detokenize(ids).decode("utf-8", errors="ignore"))
+        tokenizer = getattr(self.generator, "tokenizer", None)  # transformers / vLLM backends
+        if tokenizer is not None and hasattr(tokenizer, "decode"):
+            return (lambda text: tokenizer.encode(text, add_special_tokens=False),
+                    lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
         return str.split, " ".join
 
     def render(self, examples: Sequence[Example], original: str, rewritten: str, chat: bool) -> str:
