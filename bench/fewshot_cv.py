@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
-from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, TRIPLE_COLUMNS, read_table
+from promptrec.data import ORIGINAL, PROMPT, TRIPLE_COLUMNS, read_table
 from promptrec.metric import load_embedder, score
 from promptrec.methods.constant import best_constant
 from promptrec.methods.fewshot import FewShotConfig, FewShotMethod
@@ -24,14 +25,15 @@ FILES = ("gemma_1100.csv", "dolly_gemini_500.csv", "gpt35_1080.csv", "llama3_456
 
 
 class CachedEncoder:
-    """Embeds every text of the data set once; folds then look rows up instead of re-encoding."""
+    """Embeds each distinct text once across all folds (the index is rebuilt per fold)."""
 
-    def __init__(self, embedder, texts: list[str]):
-        self.label = embedder.label
-        unique = sorted(set(texts))
-        self.rows = dict(zip(unique, embedder.encode(unique)))
+    def __init__(self, embedder):
+        self.embedder, self.label, self.rows = embedder, embedder.label, {}
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        new = sorted(set(texts) - set(self.rows))
+        if new:
+            self.rows.update(zip(new, self.embedder.encode(new)))
         return np.stack([self.rows[t] for t in texts])  # (n, d) unit rows
 
 
@@ -51,19 +53,20 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="fewshot option key=value (repeatable)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write per-row predictions and scores here (CSV)")
+    parser.add_argument("--pool", type=int, default=0, help="use only this many original_text groups (0: all)")
     args = parser.parse_args()
 
     frame = pd.concat([read_table(DATA / f, TRIPLE_COLUMNS) for f in FILES], ignore_index=True)
+    if args.pool:
+        # Whole groups, so the pool keeps the grouping; embedding every text is the slow part on a shared CPU.
+        originals = frame[ORIGINAL].unique()
+        keep = set(originals[np.random.default_rng(args.seed).permutation(len(originals))[: args.pool]])
+        frame = frame[frame[ORIGINAL].isin(keep)].reset_index(drop=True)
     fold = folds_by_original(frame, args.folds, args.seed)
     embedder = load_embedder("proxy")
-    started = time.perf_counter()
-    cache = CachedEncoder(embedder, frame[ORIGINAL].tolist() + frame[REWRITTEN].tolist() + frame[PROMPT].tolist())
-    print(f"{len(frame)} rows, {args.folds} folds grouped by original_text, {args.rows_per_fold} held-out rows/fold; "
-          f"embedded {len(cache.rows)} texts in {time.perf_counter() - started:.0f}s")
-    options = {}
-    for pair in args.set:
-        key, _, value = pair.partition("=")
-        options[key] = type(getattr(FewShotConfig(), key))(value) if not isinstance(getattr(FewShotConfig(), key), bool) else value == "true"
+    cache = CachedEncoder(embedder)
+    print(f"{len(frame)} rows, {args.folds} folds grouped by original_text, {args.rows_per_fold} held-out rows/fold")
+    options = {key: yaml.safe_load(value) for key, _, value in (pair.partition("=") for pair in args.set)}
     selections = args.selections.split(",")
     generator, records = None, []
     for k in range(args.folds):

@@ -45,14 +45,15 @@ class FewShotConfig:
     k: int = 4  # worked examples per prompt
     fixed_ids: list[str] = field(default_factory=list)  # ids of the fixed examples; [] = fit picks typical ones
     diff_weight: float = 0.5  # retrieval score = (1-w) cos(rewritten) + w cos(rewritten - original)
-    example_tokens: int = 96  # token budget of each example text (head and tail kept)
-    query_tokens: int = 192  # token budget of each query text
+    example_tokens: int = 64  # token budget of each example text (head and tail kept)
+    query_tokens: int = 128  # token budget of each query text
     max_new_tokens: int = 32  # generated tokens per row
     temperature: float = 0.0  # 0 = greedy
     max_words: int = 40  # longer answers are text copies, not instructions: fall back
     fallback_prompt: str = FALLBACK_PROMPT  # used when the answer is empty or unusable
     select_fallback: bool = True  # fit replaces fallback_prompt by the training set's best constant prompt
     embedder: str = "proxy"  # embedder of the retrieval index: proxy, official or a folder
+    embed_words: int = 96  # texts are cut to this many words (head and tail) before embedding: a cheap index
     threads: int = 0  # llama.cpp threads (0: the backend's default, PROMPTREC_THREADS or 1)
     prefix_cache: bool = True  # llama.cpp: evaluate a prompt prefix shared with the previous row once
 
@@ -146,9 +147,12 @@ def _unit(rows: np.ndarray) -> np.ndarray:
 
 
 def pair_embeddings(encode: Callable[[list[str]], np.ndarray], originals: Sequence[str],
-                    rewrittens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(rewritten, difference) unit embeddings of pairs, each (n, d); difference = emb(rewritten) - emb(original)."""
-    emb = encode(list(rewrittens) + list(originals))  # (2n, d)
+                    rewrittens: Sequence[str], words: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(rewritten, difference) unit embeddings of pairs, each (n, d); difference = emb(rewritten) - emb(original).
+
+    `words` > 0 cuts each text to that many words (head and tail) first.
+    """
+    emb = encode([truncate(flatten(t), words) for t in list(rewrittens) + list(originals)])  # (2n, d)
     rewritten_emb, original_emb = emb[: len(rewrittens)], emb[len(rewrittens) :]
     return _unit(rewritten_emb).astype(np.float32), _unit(rewritten_emb - original_emb).astype(np.float32)
 
@@ -164,10 +168,10 @@ class ExampleIndex:
         self.diff_emb = diff_emb  # (n, d) unit rows
 
     @classmethod
-    def build(cls, triples: pd.DataFrame, encode: Callable[[list[str]], np.ndarray]) -> "ExampleIndex":
-        """Embed every training pair once."""
+    def build(cls, triples: pd.DataFrame, encode: Callable[[list[str]], np.ndarray], words: int = 0) -> "ExampleIndex":
+        """Embed every training pair once (texts cut to `words` words when > 0)."""
         examples = triples[[ID, ORIGINAL, REWRITTEN, PROMPT]].astype(str).reset_index(drop=True)
-        return cls(examples, *pair_embeddings(encode, examples[ORIGINAL].tolist(), examples[REWRITTEN].tolist()))
+        return cls(examples, *pair_embeddings(encode, examples[ORIGINAL].tolist(), examples[REWRITTEN].tolist(), words))
 
     def neighbours(self, rewritten_emb: np.ndarray, diff_emb: np.ndarray, k: int, diff_weight: float) -> np.ndarray:
         """(m, k) example rows, most similar first, for m query pairs given as unit embeddings."""
@@ -280,7 +284,7 @@ class FewShotMethod:
     def fit(self, triples: pd.DataFrame) -> None:
         """Build the example index (pair embeddings) and pick fixed examples and the fallback prompt."""
         encode = self.encode
-        self.index = ExampleIndex.build(triples, encode)
+        self.index = ExampleIndex.build(triples, encode, self.config.embed_words)
         prompts = self.index.examples[PROMPT].tolist()
         if self.config.selection == "fixed" and not self.config.fixed_ids:
             self.config.fixed_ids = [self.index.examples[ID][r] for r in typical_rows(prompts, encode, self.config.k)]
@@ -299,7 +303,8 @@ class FewShotMethod:
                 raise DataError(f"fewshot: fixed example id '{missing[0]}' is not in the training set")
             fixed = [index.example(rows[i]) for i in self.config.fixed_ids]
             return [fixed] * len(pairs)
-        rewritten_emb, diff_emb = pair_embeddings(self.encode, pairs[ORIGINAL].tolist(), pairs[REWRITTEN].tolist())
+        rewritten_emb, diff_emb = pair_embeddings(
+            self.encode, pairs[ORIGINAL].tolist(), pairs[REWRITTEN].tolist(), self.config.embed_words)
         nearest = index.neighbours(rewritten_emb, diff_emb, self.config.k, self.config.diff_weight)  # (m, k)
         return [[index.example(r) for r in row[::-1]] for row in nearest]
 
