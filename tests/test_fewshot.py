@@ -168,6 +168,8 @@ MESSY = [
     ("Instruction:", ""),
     ("12345 ...", ""),
     ("word " * 60, ""),  # a copied text, not an instruction
+    ('The original text: The show "Ruff and Reddy" made its debut in 1957', ""),  # echoes the template
+    ("Rewritten text: Arr, matey.", ""),
 ]
 
 

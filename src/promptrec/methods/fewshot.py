@@ -111,6 +111,8 @@ _LABEL = re.compile(
     r"(?:prompt|instruction|instructions|answer|output|response|assistant)(?:\s+(?:was|is|used))?\s*[:\-\u2013]\s*",
     re.I,
 )
+# The model echoing a field of the template is copying a text, not naming an instruction.
+_ECHO = re.compile(r"^(?:the\s+)?(?:original|rewritten)\s+text\s*:", re.I)
 _BULLET = re.compile(r"^(?:[-*\u2022>#]+|\d+[.)])\s+")
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019*_ "
 
@@ -120,6 +122,8 @@ def parse_generation(text: str, max_words: int = 40) -> str:
     quotes stripped; "" when nothing usable (the caller falls back)."""
     text = _SPECIAL.sub("", text or "")
     line = next((ln.strip() for ln in text.splitlines() if ln.strip(_QUOTES + ":")), "")
+    if _ECHO.match(line.strip(_QUOTES)):
+        return ""
     previous = None
     while previous != line:  # labels and quotes nest in any order ("**Prompt:** \"...\"")
         previous = line
