@@ -207,10 +207,12 @@ def test_bad_options_are_rejected():
 
 
 def test_save_load_round_trip(tmp_path):
+    triples = _triples()
+    triples.loc[3, "rewritten_text"] = "Summary:\n\u2028dog, \"cat\"\r\nand\x85 more."  # separators real data has
     method = _method(k=2, selection="fixed")
-    method.fit(_triples())
+    method.fit(triples)
     method.save(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["examples.jsonl", "index.safetensors", "method.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["examples.csv", "index.safetensors", "method.json"]
     loaded = load_method(tmp_path)
     assert isinstance(loaded, FewShotMethod)
     assert loaded.config == method.config

@@ -16,7 +16,7 @@ from promptrec.methods.base import FALLBACK_PROMPT, config_from_dict, read_confi
 # Presets by name: model and backend of the original solution (hub access and a GPU needed).
 PRESETS = {"original": ("mistralai/Mistral-7B-Instruct-v0.2", "hf")}
 
-EXAMPLES_FILE = "examples.jsonl"
+EXAMPLES_FILE = "examples.csv"
 INDEX_FILE = "index.safetensors"
 
 # ---- templates: every string the model sees, in one place -------------------------------------------------
@@ -191,7 +191,7 @@ class ExampleIndex:
         return Example(r[ORIGINAL], r[REWRITTEN], r[PROMPT])
 
     def save(self, folder: Path) -> None:
-        """Write examples.jsonl and index.safetensors (the two embedding matrices)."""
+        """Write examples.csv (CSV: JSONL lines break on U+2028 in texts) and index.safetensors."""
         from safetensors.numpy import save
 
         write_table(folder / EXAMPLES_FILE, self.examples)
@@ -365,7 +365,7 @@ class FewShotMethod:
 
     # -- persistence --
     def save(self, folder: Path) -> None:
-        """Write method.json, examples.jsonl and index.safetensors."""
+        """Write method.json, examples.csv and index.safetensors."""
         folder = Path(folder)
         self._require_index().save(folder)
         save_config(folder, self.name, self.config)
