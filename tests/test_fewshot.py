@@ -86,6 +86,28 @@ def test_chat_template_exact_string():
     )
 
 
+class NoSystemGenerator(ChatMLGenerator):
+    """In-test Mistral-like template: user/assistant turns only."""
+
+    def render_chat(self, messages):
+        if messages[0]["role"] == "system":
+            raise ValueError("Conversation roles must alternate user/assistant/user/assistant/...")
+        return "".join(f"[{m['role']}] {m['content']}\n" for m in messages)
+
+
+def test_system_instruction_folds_into_first_user_turn_when_template_rejects_it():
+    method = _method(NoSystemGenerator(), k=1, selection="fixed", fixed_ids=["t0"], select_fallback=False)
+    method.fit(_triples())
+    text = method.inputs(pd.DataFrame({"original_text": ["Hi."], "rewritten_text": ["Ahoy."]}))[0]
+    assert text == (
+        "[user] Each example shows an original text, the same text after an AI rewrote it, and the instruction the AI "
+        "was given. Reply with the instruction for the last example only: one short sentence.\n\n"
+        "Original text: The cat sat.\nRewritten text: Arr, the pirate cat sat, matey.\n"
+        "[assistant] Rewrite as a pirate.\n"
+        "[user] Original text: Hi.\nRewritten text: Ahoy.\n"
+    )
+
+
 def test_completion_template_exact_string_for_base_model():
     method = _method(BaseGenerator(), k=2, selection="fixed", fixed_ids=["t0", "t2"], select_fallback=False)
     method.fit(_triples())

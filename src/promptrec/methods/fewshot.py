@@ -97,6 +97,14 @@ def chat_messages(examples: Sequence[Example], original: str, rewritten: str) ->
     return messages
 
 
+def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The system text moved into the first user turn, for templates that reject a system role (Mistral, Gemma)."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    rest[0]["content"] = f"{system}\n\n{rest[0]['content']}" if system else rest[0]["content"]
+    return rest
+
+
 def completion_prompt(examples: Sequence[Example], original: str, rewritten: str) -> str:
     """Plain-text few-shot prompt for base models; the answer is the rest of the last line."""
     shots = "".join(COMPLETION_EXAMPLE.format(original=ex.original, rewritten=ex.rewritten, prompt=ex.prompt) for ex in examples)
@@ -335,7 +343,11 @@ class FewShotMethod:
                          flatten(e.prompt)) for e in examples]
         original, rewritten = cut(original, self.config.query_tokens), cut(rewritten, self.config.query_tokens)
         if chat:
-            return self.load_generator().render_chat(chat_messages(shown, original, rewritten))
+            messages = chat_messages(shown, original, rewritten)
+            try:
+                return self.load_generator().render_chat(messages)
+            except Exception:  # jinja templates raise their own errors on a system turn
+                return self.load_generator().render_chat(fold_system(messages))
         return completion_prompt(shown, original, rewritten)
 
     def inputs(self, pairs: pd.DataFrame) -> list[str]:
