@@ -363,8 +363,8 @@ class FewShotMethod:
         prompts = self.inputs(pairs)
         settings = GenerationSettings(
             max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature,
-            # A base model continues with the next example after its one-line answer.
-            stop=() if self.uses_chat() else ("\n",),
+            # Only the first line is kept: a base model goes on with the next example, an instruct model explains.
+            stop=("\n",),
         )
         answers = [parse_generation(t, self.config.max_words) for t in generator.generate(prompts, settings)]
         predictions, self.fallbacks = with_fallback(answers, self.config.fallback_prompt)
