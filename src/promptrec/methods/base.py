@@ -20,6 +20,7 @@ CONFIG_FILE = "method.json"
 METHODS: dict[str, str] = {
     "constant": "promptrec.methods.constant:ConstantMethod",
     "ensemble": "promptrec.methods.ensemble:EnsembleMethod",
+    "fewshot": "promptrec.methods.fewshot:FewShotMethod",
     "lora": "promptrec.methods.lora:LoraMethod",
 }
 
