@@ -19,6 +19,8 @@ CONFIG_FILE = "method.json"
 # name -> "module:Class"; imported only when asked for, so heavy dependencies load lazily.
 METHODS: dict[str, str] = {
     "constant": "promptrec.methods.constant:ConstantMethod",
+    "bank": "promptrec.methods.bank:BankMethod",
+    "regressor": "promptrec.methods.regressor:RegressorMethod",
 }
 
 C = TypeVar("C")
