@@ -17,6 +17,7 @@ from promptrec.methods.base import config_from_dict, never_blank, read_config, s
 
 HEAD_WEIGHTS = "head.safetensors"
 LOSSES = ("cosine", "score")
+SHARD_TEXTS = 512  # texts encoded between two cache writes
 
 
 @dataclass
@@ -178,13 +179,14 @@ class FeatureCache:
         """(n, 2H) features of `texts`; only texts never seen with this backbone and length are encoded."""
         keys = [_text_key(t) for t in texts]
         missing = list(dict.fromkeys(k for k in keys if k not in self.store))
-        if missing:
-            text_of = dict(zip(keys, texts))
-            fresh = self.encoder.encode([text_of[k] for k in missing])  # (m, 2H)
-            self.store.update(zip(missing, fresh))
-            self.encoded += len(missing)
+        text_of = dict(zip(keys, texts))
+        for start in range(0, len(missing), SHARD_TEXTS):  # one shard per chunk: an interrupted run resumes
+            chunk = missing[start : start + SHARD_TEXTS]
+            fresh = self.encoder.encode([text_of[k] for k in chunk])  # (chunk, 2H)
+            self.store.update(zip(chunk, fresh))
+            self.encoded += len(chunk)
             if self.folder:
-                self._write_shard(missing, fresh)
+                self._write_shard(chunk, fresh)
         return np.stack([self.store[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
 
     def pair_features(self, pairs: pd.DataFrame) -> np.ndarray:
