@@ -29,6 +29,22 @@ def grouped_folds(groups: list[str], folds: int, seed: int = 0) -> np.ndarray:
     return np.array([fold_of[str(g)] for g in groups])
 
 
+class MemoEmbedder:
+    """Wraps an embedder so each distinct text is embedded once per run (folds re-read the same texts)."""
+
+    def __init__(self, embedder):
+        self.embedder, self.label, self.dim = embedder, embedder.label, embedder.dim
+        self.rows: dict[str, np.ndarray] = {}
+
+    def encode(self, texts) -> np.ndarray:
+        """(n, dim) unit rows, from memory where seen before."""
+        texts = [str(t) for t in texts]
+        fresh = list(dict.fromkeys(t for t in texts if t not in self.rows))
+        if fresh:
+            self.rows.update(zip(fresh, self.embedder.encode(fresh)))
+        return np.stack([self.rows[t] for t in texts]) if texts else np.zeros((0, self.dim), dtype=np.float32)
+
+
 def main() -> None:
     """Run the folds and print one line per method and fold, then the means."""
     import pandas as pd
@@ -58,7 +74,7 @@ def main() -> None:
     bank_files = [] if args.no_bank_files else BANK_FILES
     triples = load_shared()
     fold_ids = grouped_folds(triples[ORIGINAL].tolist(), args.folds)
-    embedder = load_embedder(args.embedder)
+    embedder = MemoEmbedder(load_embedder(args.embedder))
     print(f"{len(triples)} rows, {args.folds} folds grouped by original_text, embedder {embedder.label}, "
           f"bank files: {', '.join(Path(f).name for f in bank_files) or 'none'}", flush=True)
 
@@ -100,12 +116,12 @@ def main() -> None:
             for source in sorted(test["source"].unique()):
                 mask = (test["source"] == source).to_numpy()
                 rows.append({"fold": fold, "method": f"{name} | {source}", "score": float(result.per_row[mask].mean())})
+        if args.out:  # after every fold, so a stopped run keeps what it finished
+            pd.DataFrame(rows).drop_duplicates(["fold", "method"]).to_csv(args.out, index=False)
     table = pd.DataFrame(rows).drop_duplicates(["fold", "method"])
     summary = table.groupby("method", sort=False)["score"].agg(["mean", "std", "count"])
     print(f"\nmean over folds [{embedder.label}]:")
     print(summary.to_string(float_format=lambda v: f"{v:.4f}"))
-    if args.out:
-        table.to_csv(args.out, index=False)
 
 
 if __name__ == "__main__":
