@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--max-folds", type=int, default=0, help="run only the first N folds (0: all)")
     parser.add_argument("--losses", default="cosine,score", help="regressor losses to compare")
+    parser.add_argument("--weights", default="0", help="regressor direction_weight values to compare")
     parser.add_argument("--embedder", default="proxy")
     parser.add_argument("--no-bank-files", action="store_true", help="decode with training prompts only")
     parser.add_argument("--set", action="append", default=[], help="regressor option key=value")
@@ -80,9 +81,10 @@ def main() -> None:
 
     regressors = {}
     for loss in args.losses.split(","):
-        config = config_from_dict(RegressorConfig, {**overrides, "loss": loss, "bank_files": bank_files,
-                                                    "embedder": args.embedder}, "--set")
-        regressors[f"regressor[{loss}]"] = RegressorMethod(config)
+        for weight in map(float, args.weights.split(",")):
+            config = config_from_dict(RegressorConfig, {**overrides, "loss": loss, "bank_files": bank_files,
+                                                        "embedder": args.embedder, "direction_weight": weight}, "--set")
+            regressors[f"regressor[{loss}, w={weight:g}]"] = RegressorMethod(config)
     shared_cache = next(iter(regressors.values())).cache
     start = time.perf_counter()
     shared_cache.pair_features(triples)  # every text once; later folds only read memory

@@ -199,6 +199,19 @@ def test_top_k_decoding_joins_the_nearest_prompts(tiny_bert, tiny_bert_embedder,
     assert method.predict(_pairs(1, seed=5)) == [f"{method.bank.prompts[first]} {method.bank.prompts[second]}"]
 
 
+def test_direction_weight_blends_the_bank_query(tiny_bert, tiny_bert_embedder, tmp_path):
+    pairs = _pairs(12)
+    method = _method(tiny_bert, tiny_bert_embedder, tmp_path, direction_weight=2.0)
+    method.fit(pairs)
+    pred = method.predict_embeddings(pairs)
+    shift = method.embedder.encode(pairs.rewritten_text.tolist()) - method.embedder.encode(pairs.original_text.tolist())
+    expected = pred + 2.0 * shift / np.linalg.norm(shift, axis=1, keepdims=True)
+    assert np.allclose(method.decode_queries(pairs, pred), expected, atol=1e-6)
+    assert method.predict(pairs) == method.bank.decode(expected)
+    method.config.direction_weight = 0.0
+    assert np.array_equal(method.decode_queries(pairs, pred), pred)
+
+
 @pytest.mark.slow
 def test_embedder_dimension_mismatch_at_load_is_one_line(tiny_bert, tiny_bert_embedder, tiny_t5_embedder_dir, tmp_path):
     method = _method(tiny_bert, tiny_bert_embedder, tmp_path)

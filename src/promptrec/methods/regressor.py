@@ -45,6 +45,7 @@ class RegressorConfig:
     bank_files: list[str] = field(default_factory=list)  # prompt lists added to the decoding bank
     training_prompts: bool = True  # put the training prompts in the decoding bank
     top_k: int = 1  # decode to the nearest bank prompt, or the k nearest joined by spaces
+    direction_weight: float = 0.0  # decode query = prediction + w * unit(emb(rewritten) - emb(original)), metric embedder
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -374,9 +375,18 @@ class RegressorMethod:
                             f"per pair but the head expects {expected}")
         return head_predict(self.head, features, self.device)
 
+    def decode_queries(self, pairs: pd.DataFrame, pred: np.ndarray) -> np.ndarray:
+        """(n, D) bank queries: the prediction, plus `direction_weight` times the `bank` method's direction query."""
+        if not self.config.direction_weight:
+            return pred
+        shift = self.embedder.encode([str(t) for t in pairs[REWRITTEN]]) - self.embedder.encode([str(t) for t in pairs[ORIGINAL]])
+        shift /= np.maximum(np.linalg.norm(shift, axis=1, keepdims=True), 1e-12)  # (n, D); zero when texts match
+        return pred + self.config.direction_weight * shift
+
     def predict(self, pairs: pd.DataFrame) -> list[str]:
-        """The bank prompt(s) nearest to each predicted embedding, never blank."""
-        return never_blank(self.bank.decode(self.predict_embeddings(pairs), self.config.top_k))
+        """The bank prompt(s) nearest to each (blended) predicted embedding, never blank."""
+        queries = self.decode_queries(pairs, self.predict_embeddings(pairs))
+        return never_blank(self.bank.decode(queries, self.config.top_k))
 
     def report(self, triples: pd.DataFrame) -> RegressorReport:
         """Score predictions on labelled triples in embedding space, decoded, and against the bank oracle."""
@@ -384,7 +394,7 @@ class RegressorMethod:
 
         pred = self.predict_embeddings(triples)
         truth = self.embedder.encode([str(p) for p in triples[PROMPT].tolist()])
-        decoded = never_blank(self.bank.decode(pred, self.config.top_k))
+        decoded = never_blank(self.bank.decode(self.decode_queries(triples, pred), self.config.top_k))
         return RegressorReport(
             embedding_score=float(sharpened_cosine(pred, truth).mean()),
             decoded_score=score(decoded, triples[PROMPT].tolist(), self.embedder).mean,
