@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +21,6 @@ QUERIES = ("rewritten", "direction")
 
 def default_cache_dir() -> Path:
     """PROMPTREC_CACHE, else ~/.cache/promptrec: where embeddings and encoder features are cached."""
-    import os
-
     return Path(os.environ.get("PROMPTREC_CACHE") or Path.home() / ".cache" / "promptrec")
 
 
