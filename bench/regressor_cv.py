@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--no-bank-files", action="store_true", help="decode with training prompts only")
     parser.add_argument("--set", action="append", default=[], help="regressor option key=value")
     parser.add_argument("--out", help="CSV of per-row scores")
-    args = parser.parse_args()
+    args, _ = parser.parse_known_args()  # `promptrec bench regressor_cv` passes its own words
     set_threads()
     quiet_libraries()
     import yaml
