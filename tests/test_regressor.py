@@ -195,8 +195,9 @@ def test_fit_predict_save_load_round_trip(tiny_bert, tiny_bert_embedder, tmp_pat
 def test_top_k_decoding_joins_the_nearest_prompts(tiny_bert, tiny_bert_embedder, tmp_path):
     method = _method(tiny_bert, tiny_bert_embedder, tmp_path, top_k=2)
     method.fit(_pairs(12))
-    first, second = method.bank.nearest(method.predict_embeddings(_pairs(1, seed=5)), 2)[0][0]
-    assert method.predict(_pairs(1, seed=5)) == [f"{method.bank.prompts[first]} {method.bank.prompts[second]}"]
+    pair = _pairs(1, seed=5)
+    first, second = method.bank.nearest(method.decode_queries(pair, method.predict_embeddings(pair)), 2)[0][0]
+    assert method.predict(pair) == [f"{method.bank.prompts[first]} {method.bank.prompts[second]}"]
 
 
 def test_direction_weight_blends_the_bank_query(tiny_bert, tiny_bert_embedder, tmp_path):
