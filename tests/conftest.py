@@ -77,7 +77,7 @@ class WordEmbedder:
     label = "fixture (4 words)"
     dim = len(AXES)
 
-    def encode(self, texts, progress: bool = False):
+    def encode(self, texts):
         import numpy as np
 
         rows = np.zeros((len(texts), self.dim), dtype=np.float32)  # (n, 4)

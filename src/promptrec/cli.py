@@ -335,6 +335,21 @@ def generate(
         say(line)
 
 
+@app.command("regressor-report")
+def regressor_report(
+    model: Annotated[Path, typer.Argument(help="folder saved by `promptrec train regressor`")],
+    data: Annotated[Path, typer.Argument(help="held-out triples: id,original_text,rewrite_prompt,rewritten_text")],
+) -> None:
+    """Score a trained regressor on labelled triples: embedding-space score, decoded score, bank oracle."""
+    from promptrec.data import TRIPLE_COLUMNS, read_table
+    from promptrec.methods.regressor import RegressorMethod
+
+    triples = read_table(data, TRIPLE_COLUMNS)
+    _warn(triples)
+    for line in RegressorMethod.load(model).report(triples).lines():
+        say(line)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning expected errors into one coloured line and exit code 2."""
     try:

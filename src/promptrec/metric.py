@@ -107,6 +107,11 @@ def load_embedder(spec: str = "proxy", device: str | None = None) -> Embedder:
     return Embedder(SentenceTransformer(str(path), device=device or "cpu"), label)
 
 
+def _encode(embedder: Embedder, texts: list[str], progress: bool) -> np.ndarray:
+    """`embedder.encode`, asking for a progress bar only when wanted: plain `encode(texts)` is the interface."""
+    return embedder.encode(texts, progress=True) if progress else embedder.encode(texts)
+
+
 @dataclass
 class ScoreResult:
     """Mean sharpened cosine similarity, per-row scores, and the embedder that made them."""
@@ -124,7 +129,7 @@ def score(predictions: Sequence[str], truths: Sequence[str], embedder: Embedder,
     """Score predicted prompts against true ones, as the competition did."""
     if len(predictions) != len(truths):
         raise DataError(f"{len(predictions)} predictions but {len(truths)} true prompts")
-    emb = embedder.encode(list(predictions) + list(truths), progress=progress)
+    emb = _encode(embedder, list(predictions) + list(truths), progress)
     per_row = sharpened_cosine(emb[: len(predictions)], emb[len(predictions) :])
     return ScoreResult(float(per_row.mean()), per_row, embedder.label)
 
@@ -164,7 +169,7 @@ def save_embeddings(path: str | Path, texts: Sequence[str], embedder: Embedder, 
     path = Path(path)
     if path.suffix != ".npy":
         raise DataError(f"{path}: the embedding cache must end in .npy")
-    emb = embedder.encode(texts, progress=progress)
+    emb = _encode(embedder, list(texts), progress)
     with atomic_write(path, "wb") as handle:
         np.save(handle, emb, allow_pickle=False)
     with atomic_write(path.with_suffix(".json")) as handle:

@@ -19,9 +19,11 @@ CONFIG_FILE = "method.json"
 # name -> "module:Class"; imported only when asked for, so heavy dependencies load lazily.
 METHODS: dict[str, str] = {
     "constant": "promptrec.methods.constant:ConstantMethod",
-    "ensemble": "promptrec.methods.ensemble:EnsembleMethod",
-    "fewshot": "promptrec.methods.fewshot:FewShotMethod",
+    "bank": "promptrec.methods.bank:BankMethod",
+    "regressor": "promptrec.methods.regressor:RegressorMethod",
     "lora": "promptrec.methods.lora:LoraMethod",
+    "fewshot": "promptrec.methods.fewshot:FewShotMethod",
+    "ensemble": "promptrec.methods.ensemble:EnsembleMethod",
 }
 
 C = TypeVar("C")

@@ -1,0 +1,216 @@
+"""Method `bank`: the bank prompt nearest to the rewritten text; `PromptBank` also decodes embeddings to text."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, read_texts
+from promptrec.methods.base import config_from_dict, never_blank, read_config, safe_child, save_config
+
+BANK_TEXTS = "bank.json"
+BANK_WEIGHTS = "bank.safetensors"
+QUERIES = ("rewritten", "direction")
+
+
+def default_cache_dir() -> Path:
+    """PROMPTREC_CACHE, else ~/.cache/promptrec: where embeddings and encoder features are cached."""
+    return Path(os.environ.get("PROMPTREC_CACHE") or Path.home() / ".cache" / "promptrec")
+
+
+class PromptBank:
+    """Distinct prompts with their unit metric embeddings; nearest-neighbour search by cosine."""
+
+    def __init__(self, prompts: list[str], embeddings: np.ndarray):
+        if len(prompts) != len(embeddings):
+            raise ValueError(f"{len(prompts)} prompts but {len(embeddings)} embeddings")
+        self.prompts = list(prompts)
+        self.embeddings = np.asarray(embeddings, dtype=np.float32)  # (size, dim) unit rows
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension of the bank."""
+        return int(self.embeddings.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @classmethod
+    def build(cls, prompts: list[str], embedder) -> "PromptBank":
+        """Embed the distinct non-blank `prompts` (first occurrence order) with the metric embedder."""
+        unique = list(dict.fromkeys(p.strip() for p in prompts if isinstance(p, str) and p.strip()))
+        if not unique:
+            raise DataError("the prompt bank is empty: give training prompts or a bank file")
+        return cls(unique, embedder.encode(unique))
+
+    @classmethod
+    def from_file(cls, path: str | Path, embedder, cache_dir: Path | None = None) -> "PromptBank":
+        """A bank from a prompt list (JSON list, .txt lines or a table's rewrite_prompt), cached on disk."""
+        from promptrec.metric import load_embeddings, save_embeddings
+
+        prompts = list(dict.fromkeys(p.strip() for p in read_texts(path, PROMPT) if p.strip()))
+        if not prompts:
+            raise DataError(f"{path}: no prompts in this bank file")
+        digest = hashlib.sha256(("\x00".join(prompts) + "\x01" + embedder.label).encode("utf-8")).hexdigest()[:24]
+        cache = (cache_dir or default_cache_dir()) / "bank" / f"{digest}.npy"
+        emb = load_embeddings(cache, prompts, embedder)
+        if emb is None:
+            emb = save_embeddings(cache, prompts, embedder)
+        return cls(prompts, emb)
+
+    @classmethod
+    def concat(cls, banks: list["PromptBank"]) -> "PromptBank":
+        """One bank holding every distinct prompt of `banks` (first occurrence kept)."""
+        if len({b.dim for b in banks}) > 1:
+            raise DataError(f"prompt banks of different embedding sizes: {sorted({b.dim for b in banks})}")
+        prompts = [p for b in banks for p in b.prompts]
+        first_index: dict[str, int] = {}
+        for index, prompt in enumerate(prompts):
+            first_index.setdefault(prompt, index)
+        first = list(first_index.values())
+        return cls([prompts[i] for i in first], np.concatenate([b.embeddings for b in banks])[first])
+
+    def nearest(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Indices and cosines of the `k` most similar bank prompts per query row, best first."""
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if queries.shape[1] != self.dim:
+            raise DataError(f"queries have {queries.shape[1]} dimensions but the prompt bank has {self.dim}")
+        unit = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        k = min(k, len(self))
+        cos = unit @ self.embeddings.T  # (n, size)
+        top = np.argpartition(-cos, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(cos, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)  # (n, k)
+        return top, np.take_along_axis(cos, top, axis=1)
+
+    def decode(self, queries: np.ndarray, top_k: int = 1) -> list[str]:
+        """The nearest prompt per row, or the `top_k` nearest joined by spaces."""
+        top, _ = self.nearest(queries, top_k)
+        return [" ".join(self.prompts[i] for i in row) for row in top]
+
+    def oracle(self, truth: np.ndarray) -> np.ndarray:
+        """Per row, the best cos**3 any single bank prompt reaches against the true embedding."""
+        _, cos = self.nearest(truth, 1)
+        return cos[:, 0] ** 3
+
+    def save(self, folder: Path) -> None:
+        """Write bank.json (prompts) and bank.safetensors (embeddings)."""
+        from safetensors.numpy import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_write(folder / BANK_TEXTS) as handle:
+            json.dump(self.prompts, handle, ensure_ascii=False)
+        tmp = folder / f".{BANK_WEIGHTS}.tmp"
+        save_file({"embeddings": self.embeddings}, str(tmp))
+        tmp.replace(folder / BANK_WEIGHTS)
+
+    @classmethod
+    def load(cls, folder: Path) -> "PromptBank":
+        """Read a bank written by `save`."""
+        from safetensors.numpy import load_file
+
+        texts, weights = safe_child(folder, BANK_TEXTS), safe_child(folder, BANK_WEIGHTS)
+        if not (texts.is_file() and weights.is_file()):
+            raise DataError(f"{folder}: no saved prompt bank ({BANK_TEXTS}, {BANK_WEIGHTS})")
+        prompts = read_texts(texts, PROMPT)
+        emb = load_file(str(weights)).get("embeddings")
+        if emb is None or emb.ndim != 2 or len(emb) != len(prompts):
+            raise DataError(f"{weights}: expected 'embeddings' of shape ({len(prompts)}, dim)")
+        return cls(prompts, emb)
+
+
+def build_bank(embedder, prompts: list[str], files: list[str], cache_dir: str = "") -> PromptBank:
+    """The bank of `prompts` plus every prompt in `files`, embedded by `embedder`."""
+    banks = [PromptBank.build(prompts, embedder)] if any(p.strip() for p in prompts) else []
+    banks += [PromptBank.from_file(f, embedder, Path(cache_dir) if cache_dir else None) for f in files]
+    if not banks:
+        raise DataError("the prompt bank is empty: give training prompts or a bank file")
+    return PromptBank.concat(banks)
+
+
+def check_dim(bank: PromptBank, embedder, source: str) -> None:
+    """One-line error when the embedder's dimension differs from the saved embeddings'."""
+    if embedder.dim != bank.dim:
+        raise DataError(f"{source}: saved for {bank.dim}-dim embeddings but embedder '{embedder.label}' gives {embedder.dim}")
+
+
+@dataclass
+class BankConfig:
+    """Options of the bank method."""
+
+    embedder: str = "proxy"  # metric embedder: official, proxy or a folder
+    bank_files: list[str] = field(default_factory=list)  # prompt lists added to the bank (JSON list, .txt, table)
+    training_prompts: bool = True  # put the training prompts in the bank too
+    query: str = "rewritten"  # rewritten: nearest to the rewritten text; direction: to rewritten minus original
+    top_k: int = 1  # 1: the nearest prompt; k > 1: the k nearest joined by spaces
+    cache_dir: str = ""  # bank-file embedding cache ("" = PROMPTREC_CACHE or ~/.cache/promptrec)
+
+    def __post_init__(self):
+        if self.query not in QUERIES:
+            raise DataError(f"bank: query must be one of {', '.join(QUERIES)}, not '{self.query}'")
+        if self.top_k < 1:
+            raise DataError(f"bank: top_k must be at least 1, not {self.top_k}")
+
+
+class BankMethod:
+    """Zero training: embed the rewritten text (or its shift from the original) and return the nearest bank prompt."""
+
+    name = "bank"
+    Config = BankConfig
+
+    def __init__(self, config: BankConfig | None = None):
+        self.config = config or BankConfig()
+        self.bank: PromptBank | None = None
+        self._embedder = None
+
+    @property
+    def embedder(self):
+        """The metric embedder, loaded on first use."""
+        if self._embedder is None:
+            from promptrec.metric import load_embedder
+
+            self._embedder = load_embedder(self.config.embedder)
+        return self._embedder
+
+    def fit(self, triples: pd.DataFrame) -> None:
+        """Embed the bank: training prompts (if enabled) plus the bank files."""
+        prompts = triples[PROMPT].tolist() if self.config.training_prompts else []
+        self.bank = build_bank(self.embedder, prompts, self.config.bank_files, self.config.cache_dir)
+
+    def queries(self, pairs: pd.DataFrame) -> np.ndarray:
+        """(n, dim) query embeddings: the rewritten text, or rewritten minus original."""
+        rewritten = self.embedder.encode(pairs[REWRITTEN].tolist())
+        if self.config.query == "rewritten":
+            return rewritten
+        return rewritten - self.embedder.encode(pairs[ORIGINAL].tolist())
+
+    def predict(self, pairs: pd.DataFrame) -> list[str]:
+        """The nearest bank prompt(s) per row, never blank."""
+        if self.bank is None:
+            if not self.config.bank_files:
+                raise DataError("bank: nothing to search; fit on triples or give bank_files")
+            self.bank = build_bank(self.embedder, [], self.config.bank_files, self.config.cache_dir)
+        return never_blank(self.bank.decode(self.queries(pairs), self.config.top_k))
+
+    def save(self, folder: Path) -> None:
+        """Write method.json and the embedded bank."""
+        folder = Path(folder)
+        save_config(folder, self.name, self.config)
+        if self.bank is not None:
+            self.bank.save(folder)
+
+    @classmethod
+    def load(cls, folder: Path) -> "BankMethod":
+        """Read method.json and the bank; a bank of another embedding size than the embedder is an error."""
+        folder = Path(folder)
+        method = cls(config_from_dict(BankConfig, read_config(folder)[1], str(folder)))
+        if (folder / BANK_TEXTS).is_file():
+            method.bank = PromptBank.load(folder)
+            check_dim(method.bank, method.embedder, str(folder))
+        return method

@@ -1,0 +1,455 @@
+"""Method `regressor`: a frozen encoder's features -> BatchNorm MLP head -> the metric embedding, decoded by a prompt bank."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError
+from promptrec.methods.bank import BANK_TEXTS, PromptBank, build_bank, check_dim, default_cache_dir
+from promptrec.methods.base import config_from_dict, never_blank, read_config, safe_child, save_config
+
+HEAD_WEIGHTS = "head.safetensors"
+LOSSES = ("cosine", "score")
+SHARD_TEXTS = 512  # texts encoded between two cache writes
+
+
+@dataclass
+class RegressorConfig:
+    """Options of the regressor; the defaults are the offline CPU preset (see PRESETS for the original's)."""
+
+    backbone: str = "minilm"  # frozen encoder (AutoModel): offline short name, hub id or folder
+    embedder: str = "proxy"  # metric embedder whose normalised prompt embedding is the target
+    max_length: int = 256  # tokens read per text (MiniLM was trained on 256)
+    multiplier: int = 2  # m: head width is m * D (D = embedder dim); the original used 42
+    loss: str = "score"  # score: -mean(cos**3), the metric itself (5-fold CV preferred it); cosine: mean(1 - cos)
+    lr: float = 1e-3  # AdamW learning rate
+    betas: list[float] = field(default_factory=lambda: [0.85, 0.999])  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    weight_decay: float = 0.005  # AdamW weight decay
+    epochs: int = 3  # passes over the training rows
+    batch_size: int = 16  # rows per optimiser step
+    grad_clip: float = 250000.0  # max gradient norm (the original's value: effectively only guards overflow)
+    seed: int = 42  # head initialisation and shuffling
+    amp: bool = True  # float16 autocast on GPU (ignored on CPU)
+    device: str = "auto"  # auto (cuda if present), cpu, cuda, cuda:1...
+    encode_batch_size: int = 16  # texts per encoder forward pass
+    feature_cache: bool = True  # keep encoder features on disk, keyed by text hash + backbone + max_length
+    cache_dir: str = ""  # feature and bank cache ("" = PROMPTREC_CACHE or ~/.cache/promptrec)
+    bank_files: list[str] = field(default_factory=list)  # prompt lists added to the decoding bank
+    training_prompts: bool = True  # put the training prompts in the decoding bank
+    top_k: int = 1  # decode to the nearest bank prompt, or the k nearest joined by spaces
+    direction_weight: float = 2.0  # decode query = prediction + w * unit(emb(rewritten) - emb(original)), metric embedder
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise DataError(f"regressor: loss must be one of {', '.join(LOSSES)}, not '{self.loss}'")
+        for name in ("max_length", "multiplier", "epochs", "batch_size", "top_k", "encode_batch_size"):
+            if getattr(self, name) < 1:
+                raise DataError(f"regressor: {name} must be at least 1, not {getattr(self, name)}")
+
+
+# The original ran deberta-v3-large on a GPU with m = 42, lr 5e-6, batch 4 for 10 epochs: on one CPU core a
+# 16k-wide head (42 x 384) at batch 4 takes minutes per epoch. Offline we train from cached MiniLM features
+# with a narrow head (m = 2), lr 1e-3, batch 16 and 3 epochs: on the ~2,500 training rows of a CV fold the
+# head overfits after 2-3 epochs whatever its width (fold-0 embedding-space cos**3, proxy: m=8 at 30 epochs
+# 0.104, m=2 at 3 epochs 0.168), and an epoch takes about a second. Decoding adds the `bank` method's
+# direction query with weight 2 (fold 0 / fold 1 decoded cos**3, proxy, training-prompt bank: w=0 0.120 /
+# -, w=1 0.177 / 0.186, w=2 0.192 / 0.195, w=3 - / 0.187); the original decoded nothing (w=0).
+PRESETS: dict[str, RegressorConfig] = {
+    "offline": RegressorConfig(),
+    "original": RegressorConfig(
+        backbone="microsoft/deberta-v3-large", embedder="official", max_length=384, multiplier=42,
+        loss="cosine", lr=5e-6, betas=[0.85, 0.999], eps=1e-8, weight_decay=0.005, epochs=10, batch_size=4,
+        grad_clip=250000.0, seed=42, amp=True, direction_weight=0.0,
+    ),
+}
+
+
+def pick_device(name: str) -> str:
+    """`auto` -> cuda when available, else cpu; anything else as given."""
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def _text_key(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+class FrozenEncoder:
+    """A pretrained encoder read-only: per text, mean-pooled last and second-to-last hidden layers (2H)."""
+
+    def __init__(self, backbone: str, max_length: int, device: str = "cpu", batch_size: int = 16, amp: bool = True):
+        from promptrec.models import resolve_model
+
+        self.source = resolve_model(backbone)
+        self.max_length = max_length
+        self.device = device
+        self.batch_size = batch_size
+        self.amp = amp
+        self._model = None
+        self._tokenizer = None
+
+    @property
+    def identity(self) -> str:
+        """What the features depend on: model source, its config and weight files, and max_length."""
+        parts = [self.source, f"max_length={self.max_length}"]
+        folder = Path(self.source)
+        if folder.is_dir():
+            config = folder / "config.json"
+            parts.append(config.read_text(encoding="utf-8") if config.is_file() else "")
+            for weights in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]):
+                stat = weights.stat()
+                parts.append(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}")
+        return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
+
+    def initializer_range(self) -> float:
+        """The backbone config's initializer_range (0.02 when it has none)."""
+        from transformers import AutoConfig
+
+        return float(getattr(AutoConfig.from_pretrained(self.source), "initializer_range", 0.02))
+
+    def _load(self) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.source)
+            self._model = AutoModel.from_pretrained(self.source).to(self.device).eval()
+        except OSError as err:
+            raise DataError(f"cannot load encoder '{self.source}' ({str(err).splitlines()[0]})") from None
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(n, 2H) float32: masked means of the last two hidden layers, side by side."""
+        import torch
+
+        if self._model is None:
+            self._load()
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths share a batch
+        rows: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
+        autocast = self.amp and self.device.startswith("cuda")
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            batch = self._tokenizer([texts[i] for i in chunk], padding=True, truncation=True,
+                                    max_length=self.max_length, return_tensors="pt").to(self.device)
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+                hidden = self._model(**batch, output_hidden_states=True).hidden_states
+            mask = batch["attention_mask"].unsqueeze(-1).float()  # (b, t, 1)
+            pooled = [(layer.float() * mask).sum(1) / mask.sum(1).clamp(min=1) for layer in (hidden[-1], hidden[-2])]
+            features = torch.cat(pooled, dim=1).cpu().numpy()  # (b, 2H)
+            for i, row in zip(chunk, features):
+                rows[i] = row
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
+
+
+class FeatureCache:
+    """Encoder features per distinct text, in memory and (optionally) as safetensors shards on disk."""
+
+    def __init__(self, encoder: FrozenEncoder, folder: Path | None):
+        self.encoder = encoder
+        self.identity = encoder.identity
+        self.folder = folder / "features" / self.identity[:32] if folder else None
+        self.store: dict[bytes, np.ndarray] = {}
+        self.encoded = 0  # texts run through the encoder by this cache (for tests and benchmarks)
+        if self.folder and self.folder.is_dir():
+            self._read_shards()
+
+    def _read_shards(self) -> None:
+        from safetensors import safe_open
+
+        for shard in sorted(self.folder.glob("*.safetensors")):
+            with safe_open(str(shard), framework="numpy") as handle:
+                if (handle.metadata() or {}).get("identity") != self.identity:
+                    continue  # a shard of other settings (prefix clash): never trust it
+                keys, features = handle.get_tensor("keys"), handle.get_tensor("features")
+            self.store.update(zip(map(bytes, keys), features))
+
+    def _write_shard(self, keys: list[bytes], features: np.ndarray) -> None:
+        from safetensors.numpy import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256(b"".join(keys)).hexdigest()[:24]
+        tmp = self.folder / f".{name}.tmp"
+        key_array = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 32)
+        save_file({"keys": key_array, "features": features}, str(tmp), metadata={"identity": self.identity})
+        tmp.replace(self.folder / f"{name}.safetensors")
+
+    def features(self, texts: list[str]) -> np.ndarray:
+        """(n, 2H) features of `texts`; only texts never seen with this backbone and length are encoded."""
+        keys = [_text_key(t) for t in texts]
+        missing = list(dict.fromkeys(k for k in keys if k not in self.store))
+        text_of = dict(zip(keys, texts))
+        for start in range(0, len(missing), SHARD_TEXTS):  # one shard per chunk: an interrupted run resumes
+            chunk = missing[start : start + SHARD_TEXTS]
+            fresh = self.encoder.encode([text_of[k] for k in chunk])  # (chunk, 2H)
+            self.store.update(zip(chunk, fresh))
+            self.encoded += len(chunk)
+            if self.folder:
+                self._write_shard(chunk, fresh)
+        return np.stack([self.store[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
+
+    def pair_features(self, pairs: pd.DataFrame) -> np.ndarray:
+        """(n, 4H): original-text features then rewritten-text features, per row."""
+        texts = [str(t) for t in pairs[ORIGINAL].tolist() + pairs[REWRITTEN].tolist()]
+        per_text = self.features(texts)  # (2n, 2H)
+        return np.concatenate([per_text[: len(pairs)], per_text[len(pairs) :]], axis=1)
+
+
+def build_head(feature_dim: int, target_dim: int, multiplier: int, init_std: float):
+    """`Linear(4H, m*D) -> BatchNorm1d(m*D) -> ReLU -> Linear(m*D, D)`, weights normal(0, init_std), zero biases."""
+    from torch import nn
+
+    width = multiplier * target_dim
+    head = nn.Sequential(nn.Linear(feature_dim, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, target_dim))
+    for layer in (head[0], head[3]):
+        nn.init.normal_(layer.weight, mean=0.0, std=init_std)
+        nn.init.zeros_(layer.bias)
+    return head
+
+
+def head_loss(pred, target, kind: str):
+    """cosine: mean(1 - cos); score: -mean(cos**3)."""
+    import torch.nn.functional as F
+
+    cos = F.cosine_similarity(pred.float(), target.float(), dim=-1)  # (batch,)
+    return (1 - cos).mean() if kind == "cosine" else -(cos**3).mean()
+
+
+def make_optimizer(head, config: RegressorConfig):
+    """AdamW with the config's lr, betas, eps and weight decay."""
+    import torch
+
+    return torch.optim.AdamW(head.parameters(), lr=config.lr, betas=tuple(config.betas), eps=config.eps,
+                             weight_decay=config.weight_decay)
+
+
+def train_epoch(head, optimizer, batches: Iterable, config: RegressorConfig, device: str, scaler=None) -> float:
+    """One pass over `(features, targets)` batches; returns the mean loss. Batches of one row are skipped (BatchNorm)."""
+    import torch
+
+    head.train()
+    total, count = 0.0, 0
+    autocast = config.amp and device.startswith("cuda")
+    for features, targets in batches:
+        if len(features) < 2:
+            continue
+        features, targets = features.to(device), targets.to(device)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+            loss = head_loss(head(features), targets, config.loss)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), config.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        total += loss.item() * len(features)
+        count += len(features)
+    return total / max(count, 1)
+
+
+def shuffled_batches(features, targets, batch_size: int, generator) -> Iterator:
+    """`(features, targets)` tensor batches in a fresh random order."""
+    import torch
+
+    order = torch.randperm(len(features), generator=generator)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        yield features[index], targets[index]
+
+
+def train_head(features: np.ndarray, targets: np.ndarray, config: RegressorConfig, init_std: float = 0.02,
+               device: str = "cpu"):
+    """Fit a fresh head on cached (n, 4H) features to (n, D) targets; returns (head, loss per epoch)."""
+    import torch
+
+    torch.manual_seed(config.seed)
+    head = build_head(features.shape[1], targets.shape[1], config.multiplier, init_std).to(device)
+    optimizer = make_optimizer(head, config)
+    scaler = torch.amp.GradScaler("cuda") if config.amp and device.startswith("cuda") else None
+    generator = torch.Generator().manual_seed(config.seed)
+    x, y = torch.from_numpy(features), torch.from_numpy(targets)
+    losses = [train_epoch(head, optimizer, shuffled_batches(x, y, config.batch_size, generator), config, device, scaler)
+              for _ in range(config.epochs)]
+    return head.eval(), losses
+
+
+def head_predict(head, features: np.ndarray, device: str = "cpu", batch_size: int = 256) -> np.ndarray:
+    """(n, D) unit-normalised predicted embeddings."""
+    import torch
+
+    head.eval()
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(features), batch_size):
+            chunks.append(head(torch.from_numpy(features[start : start + batch_size]).to(device)).float().cpu().numpy())
+    pred = np.concatenate(chunks) if chunks else np.zeros((0, head[3].out_features), dtype=np.float32)
+    return pred / np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class RegressorReport:
+    """What decoding costs: embedding-space score, decoded score and the bank's best possible score."""
+
+    embedding_score: float  # mean cos**3 of predicted vs true embedding
+    decoded_score: float  # mean cos**3 of the decoded prompt's embedding vs the true one
+    bank_oracle: float  # mean over rows of the best cos**3 any single bank prompt reaches
+    rows: int
+    bank_size: int
+    label: str  # embedder that made every number
+
+    def lines(self) -> list[str]:
+        """Human-readable lines, each naming the embedder."""
+        return [
+            f"embedding-space score {self.embedding_score:.4f}  [{self.label}, {self.rows} rows]",
+            f"decoded score         {self.decoded_score:.4f}  [{self.label}, {self.rows} rows]",
+            f"bank oracle           {self.bank_oracle:.4f}  [{self.label}, {self.bank_size} prompts]",
+        ]
+
+
+class RegressorMethod:
+    """Predicts the metric embedding of the hidden prompt from frozen-encoder features, then decodes it with a bank."""
+
+    name = "regressor"
+    Config = RegressorConfig
+
+    def __init__(self, config: RegressorConfig | None = None):
+        self.config = config or RegressorConfig()
+        self.head = None
+        self.bank: PromptBank | None = None
+        self.losses: list[float] = []
+        self._embedder = None
+        self._cache: FeatureCache | None = None
+
+    @property
+    def device(self) -> str:
+        """The torch device the encoder and head run on."""
+        return pick_device(self.config.device)
+
+    @property
+    def embedder(self):
+        """The metric embedder, loaded on first use."""
+        if self._embedder is None:
+            from promptrec.metric import load_embedder
+
+            self._embedder = load_embedder(self.config.embedder)
+        return self._embedder
+
+    @property
+    def cache(self) -> FeatureCache:
+        """The feature cache of this backbone and max_length."""
+        if self._cache is None:
+            encoder = FrozenEncoder(self.config.backbone, self.config.max_length, self.device,
+                                    self.config.encode_batch_size, self.config.amp)
+            folder = (Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir()) if self.config.feature_cache else None
+            self._cache = FeatureCache(encoder, folder)
+        return self._cache
+
+    def fit(self, triples: pd.DataFrame) -> None:
+        """Train the head on (features, prompt embedding) pairs and embed the decoding bank."""
+        prompts = [str(p) for p in triples[PROMPT].tolist()]
+        features = self.cache.pair_features(triples)  # (n, 4H)
+        targets = self.embedder.encode(prompts)  # (n, D) unit rows
+        self.head, self.losses = train_head(features, targets, self.config, self.cache.encoder.initializer_range(),
+                                            self.device)
+        self.bank = build_bank(self.embedder, prompts if self.config.training_prompts else [],
+                               self.config.bank_files, self.config.cache_dir)
+
+    def predict_embeddings(self, pairs: pd.DataFrame) -> np.ndarray:
+        """(n, D) unit predicted prompt embeddings."""
+        if self.head is None:
+            raise DataError("regressor: not trained; run `promptrec train regressor DATA -o DIR` first")
+        features = self.cache.pair_features(pairs)
+        expected = self.head[0].in_features
+        if features.shape[1] != expected:
+            raise DataError(f"regressor: backbone '{self.config.backbone}' gives {features.shape[1]} features "
+                            f"per pair but the head expects {expected}")
+        return head_predict(self.head, features, self.device)
+
+    def decode_queries(self, pairs: pd.DataFrame, pred: np.ndarray) -> np.ndarray:
+        """(n, D) bank queries: the prediction, plus `direction_weight` times the `bank` method's direction query."""
+        if not self.config.direction_weight:
+            return pred
+        shift = self.embedder.encode([str(t) for t in pairs[REWRITTEN]]) - self.embedder.encode([str(t) for t in pairs[ORIGINAL]])
+        shift /= np.maximum(np.linalg.norm(shift, axis=1, keepdims=True), 1e-12)  # (n, D); zero when texts match
+        return pred + self.config.direction_weight * shift
+
+    def predict(self, pairs: pd.DataFrame) -> list[str]:
+        """The bank prompt(s) nearest to each (blended) predicted embedding, never blank."""
+        queries = self.decode_queries(pairs, self.predict_embeddings(pairs))
+        return never_blank(self.bank.decode(queries, self.config.top_k))
+
+    def report(self, triples: pd.DataFrame) -> RegressorReport:
+        """Score predictions on labelled triples in embedding space, decoded, and against the bank oracle."""
+        from promptrec.metric import score, sharpened_cosine
+
+        pred = self.predict_embeddings(triples)
+        truth = self.embedder.encode([str(p) for p in triples[PROMPT].tolist()])
+        decoded = never_blank(self.bank.decode(self.decode_queries(triples, pred), self.config.top_k))
+        return RegressorReport(
+            embedding_score=float(sharpened_cosine(pred, truth).mean()),
+            decoded_score=score(decoded, triples[PROMPT].tolist(), self.embedder).mean,
+            bank_oracle=float(self.bank.oracle(truth).mean()),
+            rows=len(triples), bank_size=len(self.bank), label=self.embedder.label,
+        )
+
+    def save(self, folder: Path) -> None:
+        """Write method.json, head.safetensors (weights + BatchNorm statistics) and the embedded bank."""
+        from safetensors.torch import save_file
+
+        if self.head is None:
+            raise DataError("regressor: nothing to save; fit it first")
+        folder = Path(folder)
+        save_config(folder, self.name, self.config)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
+        tmp = folder / f".{HEAD_WEIGHTS}.tmp"
+        save_file(state, str(tmp), metadata={"feature_dim": str(self.head[0].in_features),
+                                             "target_dim": str(self.head[3].out_features),
+                                             "encoder": self.cache.identity})
+        tmp.replace(folder / HEAD_WEIGHTS)
+        self.bank.save(folder)
+
+    @classmethod
+    def load(cls, folder: Path) -> "RegressorMethod":
+        """Rebuild head and bank from safetensors; an embedder of another dimension is a one-line error."""
+        from safetensors import safe_open
+
+        folder = Path(folder)
+        method = cls(config_from_dict(RegressorConfig, read_config(folder)[1], str(folder)))
+        weights = safe_child(folder, HEAD_WEIGHTS)
+        if not weights.is_file() or not (folder / BANK_TEXTS).is_file():
+            raise DataError(f"{folder}: incomplete regressor (needs {HEAD_WEIGHTS} and {BANK_TEXTS})")
+        with safe_open(str(weights), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+        feature_dim, target_dim = int(meta.get("feature_dim", 0)), int(meta.get("target_dim", 0))
+        first = state.get("0.weight")
+        if first is None or not target_dim or tuple(first.shape) != (target_dim * method.config.multiplier, feature_dim):
+            raise DataError(f"{weights}: head shapes do not match method.json (multiplier {method.config.multiplier})")
+        method.bank = PromptBank.load(folder)
+        if method.bank.dim != target_dim:
+            raise DataError(f"{folder}: head predicts {target_dim}-dim embeddings but the bank has {method.bank.dim}")
+        check_dim(method.bank, method.embedder, str(folder))
+        method.head = build_head(feature_dim, target_dim, method.config.multiplier, 0.02)
+        method.head.load_state_dict(state)
+        method.head.to(method.device).eval()
+        return method
+
+
+def preset(name: str, **overrides) -> RegressorConfig:
+    """A copy of preset `name` (offline or original) with some fields replaced."""
+    if name not in PRESETS:
+        raise DataError(f"regressor: unknown preset '{name}' (known: {', '.join(PRESETS)})")
+    return dataclasses.replace(PRESETS[name], **overrides)
+

@@ -1,0 +1,280 @@
+"""Regressor: frozen-encoder features, the feature cache, the BatchNorm head, training, save/load, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from promptrec.data import DataError
+from promptrec.methods.base import from_name, load_method
+from promptrec.methods.regressor import (
+    PRESETS, FeatureCache, FrozenEncoder, RegressorConfig, build_head, head_predict, preset, train_head,
+)
+
+WORDS = ("rewrite this text as a pirate poem make it formal shorter the meeting was moved to thursday "
+         "please lock door sea child list").split()
+
+
+def _tiny_bert(folder: Path, seed: int) -> Path:
+    """A random 2-layer BERT (hidden 32) with a word-level vocabulary written here."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]), encoding="utf-8")
+    BertTokenizer(str(vocab)).save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    return _tiny_bert(tmp_path_factory.mktemp("bert") / "a", seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_embedder(tiny_bert, tmp_path_factory) -> Path:
+    """A 32-dim SentenceTransformer over the tiny BERT (mean pooling, normalised)."""
+    from sentence_transformers import SentenceTransformer, models
+
+    out = tmp_path_factory.mktemp("st") / "tiny-bert-st"
+    modules = [models.Transformer(str(tiny_bert), max_seq_length=32), models.Pooling(32, pooling_mode="mean"),
+               models.Normalize()]
+    SentenceTransformer(modules=modules, device="cpu").save(str(out))
+    return out
+
+
+def _pairs(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    text = lambda k: " ".join(rng.choice(WORDS, size=k))  # noqa: E731
+    prompts = ["make it formal", "rewrite as a pirate", "a sea poem", "shorter list"]
+    return pd.DataFrame({
+        "id": [str(i) for i in range(n)],
+        "original_text": [text(6 + i % 5) for i in range(n)],
+        "rewrite_prompt": [prompts[i % 4] for i in range(n)],
+        "rewritten_text": [text(3 + i % 7) for i in range(n)],
+    })
+
+
+# --- features and cache ---------------------------------------------------------------------------
+
+def test_features_are_masked_means_of_last_two_layers(tiny_bert):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    encoder = FrozenEncoder(str(tiny_bert), max_length=32)
+    texts = ["make it formal", "the meeting was moved to thursday please lock the door", ""]
+    features = encoder.encode(texts)
+    assert features.shape == (3, 64) and features.dtype == np.float32
+    alone = encoder.encode([texts[0]])  # no padding: padding in a batch must not change the result
+    assert np.allclose(features[0], alone[0], atol=1e-5)
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_bert), AutoModel.from_pretrained(tiny_bert).eval()
+    with torch.no_grad():
+        hidden = model(**tokenizer(texts[0], return_tensors="pt"), output_hidden_states=True).hidden_states
+    expected = torch.cat([hidden[-1][0].mean(0), hidden[-2][0].mean(0)]).numpy()
+    assert np.allclose(features[0], expected, atol=1e-5)
+
+
+def test_cache_encodes_each_text_once_and_reads_back_from_disk(tiny_bert, tmp_path):
+    pairs = _pairs(6)
+    cache = FeatureCache(FrozenEncoder(str(tiny_bert), 32), tmp_path)
+    first = cache.pair_features(pairs)
+    assert first.shape == (6, 128)
+    distinct = len(set(pairs.original_text) | set(pairs.rewritten_text))
+    assert cache.encoded == distinct
+    cache.pair_features(pairs)
+    assert cache.encoded == distinct  # nothing new
+    reopened = FeatureCache(FrozenEncoder(str(tiny_bert), 32), tmp_path)
+    assert np.array_equal(reopened.pair_features(pairs), first)
+    assert reopened.encoded == 0
+
+
+def test_cache_invalidates_on_new_length_or_backbone(tiny_bert, tmp_path):
+    texts = ["make it formal " * 6, "a sea poem"]
+    base = FeatureCache(FrozenEncoder(str(tiny_bert), 32), tmp_path).features(texts)
+    shorter = FeatureCache(FrozenEncoder(str(tiny_bert), 4), tmp_path)
+    assert not np.allclose(shorter.features(texts)[0], base[0]) and shorter.encoded == 2
+    other = _tiny_bert(tmp_path / "other", seed=1)
+    swapped = FeatureCache(FrozenEncoder(str(other), 32), tmp_path)
+    assert not np.allclose(swapped.features(texts), base) and swapped.encoded == 2
+    # new weights saved over the same folder: same path, different features, so a recompute
+    _tiny_bert(other, seed=2)
+    os.utime(other / "model.safetensors", ns=(1, 1))
+    rewritten = FeatureCache(FrozenEncoder(str(other), 32), tmp_path)
+    assert rewritten.encoded == 0 and rewritten.features(texts).shape == (2, 64) and rewritten.encoded == 2
+
+
+def test_cache_ignores_shards_of_other_settings(tiny_bert, tmp_path):
+    cache = FeatureCache(FrozenEncoder(str(tiny_bert), 32), tmp_path)
+    cache.features(["a sea poem"])
+    shard = next(cache.folder.glob("*.safetensors"))
+    stranger = FeatureCache(FrozenEncoder(str(tiny_bert), 16), tmp_path)
+    stranger.folder.mkdir(parents=True)
+    shard.rename(stranger.folder / shard.name)  # a shard whose metadata names other settings
+    reread = FeatureCache(FrozenEncoder(str(tiny_bert), 16), tmp_path)
+    assert reread.store == {}
+
+
+# --- head and training ------------------------------------------------------------------------------
+
+def test_head_layout_and_initialisation():
+    from torch import nn
+
+    head = build_head(feature_dim=128, target_dim=16, multiplier=42, init_std=0.02)
+    assert [type(layer) for layer in head] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert tuple(head[0].weight.shape) == (42 * 16, 128) and tuple(head[3].weight.shape) == (16, 42 * 16)
+    assert float(head[0].bias.abs().max()) == 0.0 and float(head[3].bias.abs().max()) == 0.0
+    assert float(head[0].weight.std()) == pytest.approx(0.02, rel=0.05)
+    assert head_predict(head, np.random.default_rng(0).normal(size=(5, 128)).astype(np.float32)).shape == (5, 16)
+
+
+@pytest.mark.parametrize("loss", ["cosine", "score"])
+def test_training_lowers_the_loss_on_a_learnable_target(loss):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(64, 24)).astype(np.float32)
+    mixing = rng.normal(size=(24, 8)).astype(np.float32)
+    targets = features @ mixing
+    targets /= np.linalg.norm(targets, axis=1, keepdims=True)
+    config = RegressorConfig(multiplier=4, epochs=30, batch_size=16, lr=3e-3, loss=loss)
+    head, losses = train_head(features, targets, config)
+    assert len(losses) == 30
+    assert losses[-1] < losses[0] - 0.3
+    pred = head_predict(head, features)
+    assert float(np.mean(np.sum(pred * targets, axis=1))) > 0.8
+
+
+def test_training_is_reproducible_with_the_seed():
+    rng = np.random.default_rng(1)
+    features, targets = rng.normal(size=(40, 8)).astype(np.float32), rng.normal(size=(40, 4)).astype(np.float32)
+    config = RegressorConfig(multiplier=2, epochs=3, batch_size=8)
+    assert train_head(features, targets, config)[1] == train_head(features, targets, config)[1]
+
+
+# --- method, save/load, bad input ---------------------------------------------------------------------
+
+def _method(tiny_bert, embedder: Path, tmp_path: Path, **extra):
+    return from_name("regressor", backbone=str(tiny_bert), embedder=str(embedder), max_length=32, multiplier=1,
+                     epochs=3, batch_size=8, cache_dir=str(tmp_path / "cache"), **extra)
+
+
+def test_fit_predict_save_load_round_trip(tiny_bert, tiny_bert_embedder, tmp_path):
+    pairs = _pairs(20)
+    pairs.loc[0, "original_text"] = ""
+    pairs.loc[1, "rewritten_text"] = ""  # empty texts are encoded like any other text
+    method = _method(tiny_bert, tiny_bert_embedder, tmp_path)
+    method.fit(pairs)
+    emb = method.predict_embeddings(pairs)
+    assert emb.shape == (20, 32)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    prompts = method.predict(pairs)
+    assert len(prompts) == 20 and set(prompts) <= set(pairs.rewrite_prompt)
+    method.save(tmp_path / "model")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "bank.json", "bank.safetensors", "head.safetensors", "method.json"]
+    loaded = load_method(tmp_path / "model")
+    assert np.array_equal(loaded.predict_embeddings(pairs), emb)
+    assert loaded.predict(pairs) == prompts
+    report = loaded.report(pairs)
+    assert report.rows == 20 and report.bank_size == 4 and report.label.startswith("local (")
+    assert report.bank_oracle == pytest.approx(1.0, abs=1e-5)  # every true prompt is in the bank
+    assert -1 <= report.decoded_score <= report.bank_oracle + 1e-6
+    assert all(report.label in line for line in report.lines())
+
+
+def test_top_k_decoding_joins_the_nearest_prompts(tiny_bert, tiny_bert_embedder, tmp_path):
+    method = _method(tiny_bert, tiny_bert_embedder, tmp_path, top_k=2)
+    method.fit(_pairs(12))
+    pair = _pairs(1, seed=5)
+    first, second = method.bank.nearest(method.decode_queries(pair, method.predict_embeddings(pair)), 2)[0][0]
+    assert method.predict(pair) == [f"{method.bank.prompts[first]} {method.bank.prompts[second]}"]
+
+
+def test_direction_weight_blends_the_bank_query(tiny_bert, tiny_bert_embedder, tmp_path):
+    pairs = _pairs(12)
+    method = _method(tiny_bert, tiny_bert_embedder, tmp_path, direction_weight=2.0)
+    method.fit(pairs)
+    pred = method.predict_embeddings(pairs)
+    shift = method.embedder.encode(pairs.rewritten_text.tolist()) - method.embedder.encode(pairs.original_text.tolist())
+    expected = pred + 2.0 * shift / np.linalg.norm(shift, axis=1, keepdims=True)
+    assert np.allclose(method.decode_queries(pairs, pred), expected, atol=1e-6)
+    assert method.predict(pairs) == method.bank.decode(expected)
+    method.config.direction_weight = 0.0
+    assert np.array_equal(method.decode_queries(pairs, pred), pred)
+
+
+@pytest.mark.slow
+def test_embedder_dimension_mismatch_at_load_is_one_line(tiny_bert, tiny_bert_embedder, tiny_t5_embedder_dir, tmp_path):
+    method = _method(tiny_bert, tiny_bert_embedder, tmp_path)
+    method.fit(_pairs(10))
+    method.save(tmp_path / "model")
+    config_path = tmp_path / "model" / "method.json"
+    payload = json.loads(config_path.read_text())
+    payload["config"]["embedder"] = str(tiny_t5_embedder_dir)  # 768-dim where the head predicts 32
+    config_path.write_text(json.dumps(payload))
+    with pytest.raises(DataError, match=r"saved for 32-dim embeddings but embedder .* gives 768") as err:
+        load_method(tmp_path / "model")
+    assert "\n" not in str(err.value)
+
+
+def test_head_of_other_width_than_config_is_rejected(tiny_bert, tiny_bert_embedder, tmp_path):
+    method = _method(tiny_bert, tiny_bert_embedder, tmp_path)
+    method.fit(_pairs(10))
+    method.save(tmp_path / "model")
+    config_path = tmp_path / "model" / "method.json"
+    payload = json.loads(config_path.read_text())
+    payload["config"]["multiplier"] = 3
+    config_path.write_text(json.dumps(payload))
+    with pytest.raises(DataError, match="head shapes do not match method.json"):
+        load_method(tmp_path / "model")
+
+
+def test_config_validation_and_presets():
+    with pytest.raises(DataError, match="loss must be one of cosine, score"):
+        from_name("regressor", loss="mse")
+    with pytest.raises(DataError, match="unknown option 'width'"):
+        from_name("regressor", width=3)
+    original = PRESETS["original"]
+    assert (original.backbone, original.embedder, original.multiplier, original.lr, original.batch_size,
+            original.epochs, original.max_length, original.betas) == (
+        "microsoft/deberta-v3-large", "official", 42, 5e-6, 4, 10, 384, [0.85, 0.999])
+    assert preset("original", epochs=2).epochs == 2 and PRESETS["original"].epochs == 10
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "configs" / "regressor_original.yaml").read_text())
+    defaults = dataclasses.asdict(RegressorConfig())
+    assert {**defaults, **shipped} == dataclasses.asdict(original)
+
+
+@pytest.mark.slow
+def test_cli_train_then_recover(tiny_bert, tiny_bert_embedder, tmp_path):
+    from typer.testing import CliRunner
+
+    from promptrec.cli import app
+
+    data, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    _pairs(16).to_csv(data, index=False)
+    _pairs(5, seed=3).drop(columns="rewrite_prompt").to_csv(test, index=False)
+    options = [f"backbone={tiny_bert}", f"embedder={tiny_bert_embedder}", "max_length=32", "multiplier=1",
+               "epochs=2", f"cache_dir={tmp_path / 'cache'}"]
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", "regressor", str(data), "-o", str(tmp_path / "m"),
+                                  *[arg for o in options for arg in ("--set", o)]])
+    assert trained.exit_code == 0, trained.output
+    out = tmp_path / "sub.csv"
+    recovered = runner.invoke(app, ["recover", str(test), "--model", str(tmp_path / "m"), "-o", str(out)])
+    assert recovered.exit_code == 0, recovered.output
+    submission = pd.read_csv(out)
+    assert submission.id.tolist() == list(range(5)) and submission.rewrite_prompt.str.strip().ne("").all()
+    reported = runner.invoke(app, ["regressor-report", str(tmp_path / "m"), str(data)])
+    assert reported.exit_code == 0, reported.output
+    assert "embedding-space score" in reported.output and "bank oracle" in reported.output
+    assert "local (" in reported.output
