@@ -8,8 +8,10 @@ import pytest
 
 from promptrec.data import DataError
 from promptrec.methods.base import from_name, load_method
+from promptrec.clean import parse_generation
 from promptrec.methods.fewshot import (
-    Example, ExampleIndex, FewShotConfig, FewShotMethod, completion_prompt, parse_generation, truncate,
+    capitalize,
+    Example, ExampleIndex, FewShotConfig, FewShotMethod, completion_prompt, truncate,
 )
 
 VOCAB = ["pirate", "poem", "formal", "summary", "cat", "dog", "sea", "office"]
@@ -197,7 +199,7 @@ MESSY = [
 
 @pytest.mark.parametrize("raw,expected", MESSY)
 def test_parse_messy_generations(raw, expected):
-    assert parse_generation(raw) == expected
+    assert capitalize(parse_generation(raw)) == expected
 
 
 def test_never_blank_falls_back_to_best_constant():

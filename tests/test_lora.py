@@ -7,6 +7,8 @@ import json
 import pandas as pd
 import pytest
 
+from promptrec.clean import parse_generation
+
 from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN
 from promptrec.methods import lora
 from promptrec.methods.base import FALLBACK_PROMPT, from_name, load_method
@@ -77,10 +79,10 @@ def test_truncate_keeps_head_and_tail(tiny_lm_dir):
 
 
 def test_clean_generation_strips_labels_and_quotes():
-    assert lora.clean_generation('Prompt: "Make it rhyme."\nmore') == "Make it rhyme."
-    assert lora.clean_generation("**Instruction:** 'Be brief'") == "Be brief"
-    assert lora.clean_generation('""') == ""
-    assert lora.clean_generation("   \n  ") == ""
+    assert parse_generation('Prompt: "Make it rhyme."\nmore') == "Make it rhyme."
+    assert parse_generation("**Instruction:** 'Be brief'") == "Be brief"
+    assert parse_generation('""') == ""
+    assert parse_generation("   \n  ") == ""
 
 
 def test_presets_fill_unset_fields_only():

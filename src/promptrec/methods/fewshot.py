@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -10,6 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from promptrec.clean import parse_generation
 from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, read_table, write_table
 from promptrec.methods.base import FALLBACK_PROMPT, config_from_dict, read_config, safe_child, save_config
 
@@ -111,37 +111,9 @@ def completion_prompt(examples: Sequence[Example], original: str, rewritten: str
     return f"{INSTRUCTION}\n\n{shots}{COMPLETION_QUERY.format(original=original, rewritten=rewritten)}"
 
 
-# ---- output parsing -----------------------------------------------------------------------------------------
-
-_SPECIAL = re.compile(r"<\|?/?(?:im_end|im_start|end_of_turn|start_of_turn|eos|endoftext|s)\|?>.*", re.S)
-_LABEL = re.compile(
-    r"^(?:(?:the|a|an)\s+)?(?:(?:rewrite|rewriting|original|likely|possible)\s+)?"
-    r"(?:prompt|instruction|instructions|answer|output|response|assistant)(?:\s+(?:was|is|used))?\s*[:\-\u2013]\s*",
-    re.I,
-)
-# The model echoing a field of the template is copying a text, not naming an instruction.
-_ECHO = re.compile(r"^(?:the\s+)?(?:original|rewritten)\s+text\s*:", re.I)
-_BULLET = re.compile(r"^(?:[-*\u2022>#]+|\d+[.)])\s+")
-_QUOTES = "\"'`\u201c\u201d\u2018\u2019*_ "
-
-
-def parse_generation(text: str, max_words: int = 40) -> str:
-    """The instruction in a raw generation: first non-empty line, special tokens, labels, bullets and
-    quotes stripped; "" when nothing usable (the caller falls back)."""
-    text = _SPECIAL.sub("", text or "")
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip(_QUOTES + ":")), "")
-    if _ECHO.match(line.strip(_QUOTES)):
-        return ""
-    previous = None
-    while previous != line:  # labels and quotes nest in any order ("**Prompt:** \"...\"")
-        previous = line
-        line = _BULLET.sub("", line)
-        line = line.strip(_QUOTES)
-        line = _LABEL.sub("", line)
-    line = flatten(line)
-    if not re.search(r"[A-Za-z]", line) or len(line.split()) > max_words:
-        return ""
-    return line[0].upper() + line[1:]
+def capitalize(prompt: str) -> str:
+    """Upper-case the first letter, as instructions are written."""
+    return prompt[:1].upper() + prompt[1:]
 
 
 def with_fallback(answers: Sequence[str], fallback: str) -> tuple[list[str], int]:
@@ -366,7 +338,7 @@ class FewShotMethod:
             # Only the first line is kept: a base model goes on with the next example, an instruct model explains.
             stop=("\n",),
         )
-        answers = [parse_generation(t, self.config.max_words) for t in generator.generate(prompts, settings)]
+        answers = [capitalize(parse_generation(t, self.config.max_words)) for t in generator.generate(prompts, settings)]
         predictions, self.fallbacks = with_fallback(answers, self.config.fallback_prompt)
         return predictions
 

@@ -12,7 +12,6 @@ import dataclasses
 import itertools
 import json
 import math
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from promptrec.clean import parse_generation
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write
 from promptrec.methods.base import FALLBACK_PROMPT, config_from_dict, never_blank, read_config, save_config
 
@@ -51,8 +51,6 @@ INSTRUCTION = (
 )
 PLAIN_SUFFIX = "\nInstruction:\n"  # ends the instruction for tokenizers without a chat template
 ELLIPSIS = " ... "  # joins the head and tail of a text cut to its token budget
-_LABEL = re.compile(r"^\s*\**\s*(?:rewrite\s+)?(?:prompt|instruction)\s*(?::\s*\**|\**\s*:)\s*", re.IGNORECASE)
-_QUOTES = "\"'`“”‘’"
 
 
 @dataclass
@@ -185,12 +183,6 @@ def encode_example(tokenizer, original: str, rewritten: str, prompt: str, settin
     one_line = " ".join(prompt.split())
     target = tokenizer(one_line, add_special_tokens=False)["input_ids"][: settings.prompt_tokens] + [tokenizer.eos_token_id]
     return context + target, [IGNORE] * len(context) + target
-
-
-def clean_generation(text: str) -> str:
-    """First line of a generation without "Prompt:"-style labels and surrounding quotes."""
-    line = text.strip().split("\n", 1)[0] if text.strip() else ""
-    return _LABEL.sub("", line).strip(_QUOTES + " ")
 
 
 def grouped_split(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -427,7 +419,7 @@ class LoraMethod:
 
     def predict(self, pairs: pd.DataFrame) -> list[str]:
         """One cleaned prompt per row; rows that clean to nothing get the fallback prompt."""
-        return never_blank([clean_generation(t) for t in self.generate_raw(pairs)], self.config.fallback)
+        return never_blank([parse_generation(t) for t in self.generate_raw(pairs)], self.config.fallback)
 
     # ---- persistence ----------------------------------------------------------------------
     def save(self, folder: Path) -> None:
