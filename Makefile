@@ -19,8 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/promptrec recover examples/test.csv -o out/submission.csv
-	$(BIN)/promptrec score out/submission.csv examples/test.csv --embedder proxy
+	BIN=$(BIN) bash examples/demo.sh
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -32,7 +32,8 @@ def test_verbs_and_help(capsys):
 
 
 @pytest.mark.parametrize("bad", BAD, ids=lambda p: p.name)
-@pytest.mark.parametrize("verb", ["recover", "score", "clean", "train", "embed"])
+@pytest.mark.parametrize("verb", ["recover", "score", "clean", "train", "embed", "cv", "fit", "optimize-prompt",
+                                  "generate", "regressor-report"])
 def test_every_reading_verb_fails_in_one_line_and_writes_nothing(capsys, tmp_path, verb, bad):
     out_file = tmp_path / "out.csv"
     argv = {
@@ -41,6 +42,11 @@ def test_every_reading_verb_fails_in_one_line_and_writes_nothing(capsys, tmp_pat
         "clean": ["clean", bad, out_file],
         "train": ["train", "constant", bad, "-o", tmp_path / "model"],
         "embed": ["embed", bad, "-o", tmp_path / "e.npy"],
+        "cv": ["cv", bad, "-m", "constant", "-o", tmp_path / "report"],
+        "fit": ["fit", bad, "-m", "constant", "-o", tmp_path / "model"],
+        "optimize-prompt": ["optimize-prompt", bad, "-o", out_file],
+        "generate": ["generate", "--texts", bad, "--prompts", EXAMPLES / "prompts.txt", "-o", out_file],
+        "regressor-report": ["regressor-report", tmp_path, bad],
     }[verb]
     code, _, err = run(capsys, *argv)
     assert code == 2

@@ -315,22 +315,25 @@ def generate(
     )
     columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=err, speed_estimate_period=600) as progress:  # batches can take minutes
-        task = progress.add_task("generate", total=n)
-        started: list[int] = []
+    progress = Progress(*columns, console=err, speed_estimate_period=600)  # batches can take minutes
+    task = progress.add_task("generate", total=n)
+    started: list[int] = []
 
-        def update(kept: int, total: int) -> None:
-            if not started:  # rows resumed from the journal do not count towards the rate
-                started.append(kept)
-                progress.reset(task, completed=kept)
-            progress.update(task, completed=kept)
+    def update(kept: int, total: int) -> None:
+        if not started:  # shown once inputs are read; rows resumed from the journal do not count towards the rate
+            started.append(kept)
+            progress.start()
+            progress.reset(task, completed=kept)
+        progress.update(task, completed=kept)
 
-        try:
-            summary = generate_triples(config=config, texts_path=texts, prompts_path=prompts, out=output, on_progress=update)
-        except KeyboardInterrupt:
-            progress.stop()
-            err.print(f"[yellow]interrupted[/]: finished rows are kept in {escape(str(output))}.partial; re-run the same command to continue")
-            raise typer.Exit(130) from None
+    try:
+        summary = generate_triples(config=config, texts_path=texts, prompts_path=prompts, out=output, on_progress=update)
+    except KeyboardInterrupt:
+        progress.stop()
+        err.print(f"[yellow]interrupted[/]: finished rows are kept in {escape(str(output))}.partial; re-run the same command to continue")
+        raise typer.Exit(130) from None
+    finally:
+        progress.stop()
     for line in summary.lines():
         say(line)
 

@@ -180,8 +180,8 @@ def run_cv(data: list[str | Path], methods: list[str], output: str | Path,
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise DataError(f"{output}: exists and is not a folder (the report is a folder)")
+    table = read_sources(data)  # bad input fails before the report folder is made
     ensure_writable(output / "parts" / "report.md")
-    table = read_sources(data)
     fold_of = group_folds(table[ORIGINAL].tolist(), settings.folds, settings.seed)
     embedder = load_embedder(embedder) if isinstance(embedder, str) else embedder
     digest = _digest(table)
