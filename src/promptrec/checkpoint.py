@@ -63,6 +63,7 @@ def _numbers(folder: Path) -> list[int]:
 
 def latest(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(tensors, state) of the newest complete checkpoint in `folder`; None when there is none."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     numbers = _numbers(Path(folder))
@@ -71,7 +72,7 @@ def latest(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
     where = Path(folder) / f"checkpoint-{numbers[-1]:06d}"
     try:
         return load_file(str(where / TENSORS)), json.loads((where / STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # safetensors raises its own errors as ValueError subclasses
+    except (OSError, ValueError, SafetensorError) as err:
         raise DataError(f"{where}: unreadable checkpoint ({str(err).splitlines()[0]}); delete {folder} to start over") from None
 
 
