@@ -1,15 +1,22 @@
-"""Method lora on a tiny random Llama with a word-level tokenizer; one slow test on the packaged SmolLM2."""
+"""Method lora on a tiny random Llama with a word-level tokenizer: training, resuming after a crash and a
+real kill -9, saving; one slow test on the packaged SmolLM2."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from promptrec.clean import parse_generation
-
-from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN
+from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, TRIPLE_COLUMNS, read_table
 from promptrec.methods import lora
 from promptrec.methods.base import FALLBACK_PROMPT, from_name, load_method
 
@@ -156,3 +163,122 @@ def test_packaged_smollm2_trains_one_step_and_generates(tmp_path):
     assert len(prompts) == 2 and all(p.strip() for p in prompts)
     method.save(tmp_path)
     assert (tmp_path / "tokenizer" / "tokenizer.json").is_file()
+
+
+# --- resumable training: checkpoints, a simulated crash and a real kill -9 -----------------------------
+ROWS = pd.concat([TRIPLES.assign(**{ID: TRIPLES[ID] + str(i), ORIGINAL: TRIPLES[ORIGINAL] + f" {w}"})
+                  for i, w in enumerate(["on", "the", "mat"])], ignore_index=True)  # 6 rows: 3 batches of 2
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread, as the CLI runs with --threads 1; two on a busy 2-core host make batches of 1 crawl."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class _Crash(Exception):
+    """Raised from the log to stop a fit at a chosen update, as a crash would."""
+
+
+def _crash_at(step: int):
+    def log(line: str) -> None:
+        if f" step {step}:" in line:
+            raise _Crash(line)
+    return log
+
+
+def _lora_weights(method) -> dict:
+    return {n: p.detach().clone() for n, p in method.model.named_parameters() if "lora_" in n}
+
+
+def test_resumed_training_takes_exactly_the_steps_of_an_uninterrupted_one(tiny_lm_dir, tmp_path, one_thread):
+    # dropout on and two batches per update: the RNG, the accumulation and mid-epoch data positions all matter
+    settings = lambda **extra: _settings(tiny_lm_dir, epochs=4, batch_size=1, grad_accum=2, dropout=0.1, eval_steps=1,
+                                         warmup_ratio=0.2, checkpoint_steps=4, **extra)
+    straight = lora.LoraMethod(settings(), log=lambda line: None)
+    straight.fit(ROWS)
+    assert [h["step"] for h in straight.history] == list(range(1, 13))  # 6 batches / 2 per update x 4 epochs
+
+    folder = tmp_path / "run.partial"
+    with pytest.raises(_Crash):
+        lora.LoraMethod(settings(checkpoint_dir=str(folder)), log=_crash_at(10)).fit(ROWS)
+    assert [p.name for p in sorted(folder.iterdir())] == ["checkpoint-000001", "manifest.json"]  # steps 4, 8
+
+    lines = []
+    resumed = lora.LoraMethod(settings(checkpoint_dir=str(folder)), log=lines.append)
+    resumed.fit(ROWS)
+    assert lines[1] == f"lora: resuming from {folder} at update 8 of 12"
+    assert [h["step"] for h in resumed.history] == list(range(1, 13))  # every step once, none lost or repeated
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+    before, after = _lora_weights(straight), _lora_weights(resumed)
+    assert before.keys() == after.keys() and all(bool((before[k] == after[k]).all()) for k in before)
+
+    resumed.save(tmp_path / "run")
+    assert not folder.exists()  # the saved run needs no checkpoint
+    assert json.loads((tmp_path / "run" / "method.json").read_text())["config"]["checkpoint_dir"] is None
+
+
+def test_a_checkpoint_of_other_options_or_data_is_refused_in_one_line(tiny_lm_dir, tmp_path, one_thread):
+    folder = tmp_path / "run.partial"
+    settings = lambda **extra: _settings(tiny_lm_dir, **{"epochs": 2, "checkpoint_steps": 1, "checkpoint_dir": str(folder),
+                                                         **extra})
+    lora.LoraMethod(settings(), log=lambda line: None).fit(ROWS)
+    with pytest.raises(ValueError, match=r"run.partial: an unfinished training run with other arguments "
+                                         r"\(learning_rate: 0.02, now 0.01\); re-run .* or delete the folder"):
+        lora.LoraMethod(settings(learning_rate=1e-2), log=lambda line: None).fit(ROWS)
+    with pytest.raises(ValueError, match=r"other arguments \(data: '[0-9a-f]{16}', now '[0-9a-f]{16}'\)"):
+        lora.LoraMethod(settings(), log=lambda line: None).fit(ROWS.iloc[:4])
+    lines = []
+    lora.LoraMethod(settings(checkpoint_steps=3, merge=True), log=lines.append).fit(ROWS)  # run-only options may change
+    assert lines[1] == f"lora: resuming from {folder} at update 6 of 6"
+
+
+@pytest.mark.slow
+def test_cli_training_killed_with_sigkill_resumes_from_its_checkpoint(tiny_lm_dir, tmp_path, one_thread):
+    root = Path(__file__).resolve().parents[1]
+    data, out, total = tmp_path / "triples.csv", tmp_path / "model", 120
+    ROWS.to_csv(data, index=False)
+    options = dict(model=str(tiny_lm_dir), r=8, alpha=16, text_tokens=16, batch_size=2, learning_rate=2e-2,
+                   warmup_ratio=0.1, dropout=0.1, max_steps=total, val_fraction=0.0, select_fallback=False,
+                   eval_steps=1, checkpoint_steps=10)
+    config = tmp_path / "lora.json"
+    config.write_text(json.dumps(options), encoding="utf-8")
+    command = [sys.executable, "-m", "promptrec", "--threads", "1", "train", "lora", str(data), "-o", str(out),
+               "--config", str(config)]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "PROMPTREC_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    partial = tmp_path / "model.partial"
+
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 120
+        while " step 25:" not in (tmp_path / "first.log").read_text():  # 5 updates past the checkpoint of step 20
+            assert first.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline, "training made no progress"
+            time.sleep(0.01)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    assert first.returncode == -signal.SIGKILL and not (out / "method.json").exists()
+    [newest] = [p for p in partial.iterdir() if p.name.startswith("checkpoint-") and not p.name.endswith(".tmp")]
+    stopped_at = json.loads((newest / "state.json").read_text())["progress"]["updates"]
+    assert 20 <= stopped_at < total
+
+    second = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert f"lora: resuming from {partial} at update {stopped_at} of {total}" in second.stderr
+    logged = [int(m) for m in re.findall(r"^lora epoch \d+ step (\d+):", second.stderr, re.M)]
+    assert logged == list(range(stopped_at + 1, total + 1))  # the rerun trains each remaining step once
+    assert not partial.exists()
+    history = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in history] == list(range(1, total + 1))  # none lost, none repeated
+
+    straight = lora.LoraMethod(lora.LoraSettings(**options), log=lambda line: None)  # the run never killed
+    straight.fit(read_table(data, TRIPLE_COLUMNS))
+    assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in straight.history], abs=1e-4)
+    before, after = _lora_weights(straight), _lora_weights(load_method(out))
+    assert before.keys() == after.keys()
+    assert max(float((before[k] - after[k]).abs().max()) for k in before) < 1e-5

