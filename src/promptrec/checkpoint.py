@@ -11,7 +11,6 @@ in one line instead of silently mixing two runs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -23,11 +22,6 @@ from promptrec.data import DataError, atomic_write, ensure_writable
 
 MANIFEST, STATE, TENSORS = "manifest.json", "state.json", "tensors.safetensors"
 _NUMBERED = re.compile(r"^checkpoint-(\d{6})$")
-
-
-def digest(items: list[str]) -> str:
-    """Short content hash of a list of strings (order matters)."""
-    return hashlib.sha256("\x00".join(items).encode("utf-8")).hexdigest()[:16]
 
 
 def open_run(folder: Path, manifest: dict[str, Any]) -> None:

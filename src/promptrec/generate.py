@@ -10,7 +10,6 @@ the end and the work folder removed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from promptrec.clean import clean_text
 from promptrec.data import (
     ID, ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, ensure_writable, read_texts, write_table,
 )
+from promptrec.metric import text_digest
 from promptrec.llm.base import GenerationSettings, Generator, default_backend, load_generator
 from promptrec.llm.templates import FEWSHOT_STOP, chat_messages, fewshot_prompt
 
@@ -138,10 +138,6 @@ def pair_stream(n_texts: int, n_prompts: int, seed: int) -> Iterator[tuple[int, 
             yield divmod(flat, n_prompts)
 
 
-def _digest(items: list[str]) -> str:
-    return hashlib.sha256("\x00".join(items).encode("utf-8")).hexdigest()[:16]
-
-
 def trim_unfinished(text: str) -> str:
     """Drop a last sentence that the token limit cut off, when complete sentences make up at least half."""
     ends = [m.start() for m in _SENTENCE_END.finditer(text + " ")]
@@ -242,7 +238,7 @@ def generate_triples(
     texts = load_sources(texts_path, config.text_column)
     prompts = load_sources(prompts_path, config.prompt_column)
     identity = {k: v for k, v in asdict(config).items() if k != "n"}
-    manifest = {"texts": _digest(texts), "prompts": _digest(prompts), **identity}
+    manifest = {"texts": text_digest(texts)[:16], "prompts": text_digest(prompts)[:16], **identity}
     journal = _Journal(out.parent / f"{out.name}.partial", manifest)
     summary = GenerateSummary(out=str(out), texts=len(texts), prompts=len(prompts), resumed=len(journal.records))
     try:

@@ -23,6 +23,7 @@ import pandas as pd
 from promptrec import checkpoint
 from promptrec.clean import parse_generation
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write
+from promptrec.metric import text_digest
 from promptrec.methods.base import FALLBACK_PROMPT, config_from_dict, never_blank, read_config, save_config
 
 ADAPTER_DIR, TOKENIZER_DIR, MERGED_DIR, HISTORY_FILE = "adapter", "tokenizer", "merged", "history.json"
@@ -444,7 +445,7 @@ class LoraMethod:
     def _manifest(self, rows: pd.DataFrame, processes: int) -> dict[str, Any]:
         """What a checkpoint must agree on to be continued: the training options, the data, the process count."""
         options = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in RUN_ONLY}
-        data = checkpoint.digest([f"{o}\x01{w}\x01{p}" for o, w, p in zip(rows[ORIGINAL], rows[REWRITTEN], rows[PROMPT])])
+        data = text_digest([f"{o}\x01{w}\x01{p}" for o, w, p in zip(rows[ORIGINAL], rows[REWRITTEN], rows[PROMPT])])[:16]
         return {"data": data, "processes": processes, **options}
 
     def _restore(self, found, trainable, optimizer, schedule) -> tuple["_Progress", dict[str, Any] | None]:
