@@ -196,7 +196,7 @@ def test_top_k_decoding_joins_the_nearest_prompts(tiny_bert, tiny_bert_embedder,
     method = _method(tiny_bert, tiny_bert_embedder, tmp_path, top_k=2)
     method.fit(_pairs(12))
     pair = _pairs(1, seed=5)
-    first, second = method.bank.nearest(method.decode_queries(pair, method.predict_embeddings(pair)), 2)[0][0]
+    first, second = method.bank.nearest(method.predict_embeddings(pair), 2)[0][0]
     assert method.predict(pair) == [f"{method.bank.prompts[first]} {method.bank.prompts[second]}"]
 
 
@@ -204,11 +204,12 @@ def test_direction_weight_blends_the_bank_query(tiny_bert, tiny_bert_embedder, t
     pairs = _pairs(12)
     method = _method(tiny_bert, tiny_bert_embedder, tmp_path, direction_weight=2.0)
     method.fit(pairs)
-    pred = method.predict_embeddings(pairs)
+    pred = method.head_embeddings(pairs)
     shift = method.embedder.encode(pairs.rewritten_text.tolist()) - method.embedder.encode(pairs.original_text.tolist())
     expected = pred + 2.0 * shift / np.linalg.norm(shift, axis=1, keepdims=True)
     assert np.allclose(method.decode_queries(pairs, pred), expected, atol=1e-6)
     assert method.predict(pairs) == method.bank.decode(expected)
+    assert np.allclose(method.predict_embeddings(pairs), expected / np.linalg.norm(expected, axis=1, keepdims=True))
     method.config.direction_weight = 0.0
     assert np.array_equal(method.decode_queries(pairs, pred), pred)
 

@@ -366,8 +366,8 @@ class RegressorMethod:
         self.bank = build_bank(self.embedder, prompts if self.config.training_prompts else [],
                                self.config.bank_files, self.config.cache_dir)
 
-    def predict_embeddings(self, pairs: pd.DataFrame) -> np.ndarray:
-        """(n, D) unit predicted prompt embeddings."""
+    def head_embeddings(self, pairs: pd.DataFrame) -> np.ndarray:
+        """(n, D) unit prompt embeddings as the head predicts them."""
         if self.head is None:
             raise DataError("regressor: not trained; run `promptrec train regressor DATA -o DIR` first")
         features = self.cache.pair_features(pairs)
@@ -385,18 +385,25 @@ class RegressorMethod:
         shift /= np.maximum(np.linalg.norm(shift, axis=1, keepdims=True), 1e-12)  # (n, D); zero when texts match
         return pred + self.config.direction_weight * shift
 
+    def predict_embeddings(self, pairs: pd.DataFrame) -> np.ndarray:
+        """(n, D) unit embeddings that decoding searches with: the head's, blended with the direction query.
+
+        The ensemble's `select` mode uses them as its per-row reference.
+        """
+        queries = self.decode_queries(pairs, self.head_embeddings(pairs))
+        return queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+
     def predict(self, pairs: pd.DataFrame) -> list[str]:
         """The bank prompt(s) nearest to each (blended) predicted embedding, never blank."""
-        queries = self.decode_queries(pairs, self.predict_embeddings(pairs))
-        return never_blank(self.bank.decode(queries, self.config.top_k))
+        return never_blank(self.bank.decode(self.predict_embeddings(pairs), self.config.top_k))
 
     def report(self, triples: pd.DataFrame) -> RegressorReport:
         """Score predictions on labelled triples in embedding space, decoded, and against the bank oracle."""
         from promptrec.metric import score, sharpened_cosine
 
-        pred = self.predict_embeddings(triples)
+        pred = self.head_embeddings(triples)
         truth = self.embedder.encode([str(p) for p in triples[PROMPT].tolist()])
-        decoded = never_blank(self.bank.decode(self.decode_queries(triples, pred), self.config.top_k))
+        decoded = self.predict(triples)
         return RegressorReport(
             embedding_score=float(sharpened_cosine(pred, truth).mean()),
             decoded_score=score(decoded, triples[PROMPT].tolist(), self.embedder).mean,
