@@ -112,3 +112,14 @@ def test_a_ten_megabyte_text_is_accepted(capsys, tmp_path):
     assert code == 0 and "wrote 2 prompts" in out
     code, out, _ = run(capsys, "clean", src, tmp_path / "clean.csv")
     assert code == 0 and "cleaned 2 rows" in out
+
+
+def test_bench_unknown_name_lists_the_known_ones(capsys):
+    code, _, err = run(capsys, "bench", "nope", "--rows", "3")
+    assert code == 2 and "unknown benchmark 'nope' (known: " in err and "metric_dedupe" in err
+
+
+@pytest.mark.slow
+def test_bench_forwards_its_options(capsys):
+    code, out, _ = run(capsys, "bench", "metric_dedupe", "--rows", "40")
+    assert code == 0 and "[proxy (all-MiniLM-L6-v2)], 40 rows, 21 distinct texts" in out and "ratio: " in out

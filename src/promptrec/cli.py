@@ -172,9 +172,9 @@ def methods() -> None:
         say(name)
 
 
-@app.command()
-def bench(name: Annotated[str, typer.Argument(help="benchmark name (a file in bench/)")]) -> None:
-    """Run a benchmark from bench/ and print its side-by-side ratios."""
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context, name: Annotated[str, typer.Argument(help="benchmark name (a file in bench/)")]) -> None:
+    """Run a benchmark from bench/ and print its side-by-side ratios; other options go to the benchmark."""
     import runpy
 
     folder = Path(__file__).resolve().parents[2] / "bench"
@@ -182,6 +182,7 @@ def bench(name: Annotated[str, typer.Argument(help="benchmark name (a file in be
     if not script.is_file():
         known = ", ".join(sorted(p.stem for p in folder.glob("*.py"))) or "none found"
         raise DataError(f"unknown benchmark '{name}' (known: {known})")
+    sys.argv = [f"promptrec bench {name}", *ctx.args]
     runpy.run_path(str(script), run_name="__main__")
 
 
