@@ -19,7 +19,8 @@ stage generate "$BIN/promptrec" generate --texts examples/texts.txt --prompts ex
 stage clean "$BIN/promptrec" clean "$OUT/generated.csv" "$OUT/train.csv" --drop-empty
 stage fit "$BIN/promptrec" fit "$OUT/train.csv" -o "$OUT/models" \
     -m best=constant,bank,regressor,lora,fewshot \
-    --set best.select=true --set bank.query=direction --set lora.max_steps=40 --set lora.text_tokens=48
+    --set best.select=true --set bank.query=direction --set lora.max_steps=40 --set lora.text_tokens=48 \
+    --set ensemble.mode=select
 stage recover "$BIN/promptrec" recover examples/test.csv --model "$OUT/models" -o "$OUT/submission.csv"
 stage score "$BIN/promptrec" score "$OUT/submission.csv" examples/test.csv --embedder proxy \
     --per-row "$OUT/scores.csv"
