@@ -5,6 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +17,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from promptrec.data import DataError
+from promptrec.data import TRIPLE_COLUMNS, DataError, read_table
 from promptrec.methods.base import from_name, load_method
 from promptrec.methods.regressor import (
-    PRESETS, FeatureCache, FrozenEncoder, RegressorConfig, build_head, head_predict, preset, train_head,
+    PRESETS, SHARD_TEXTS, FeatureCache, FrozenEncoder, RegressorConfig, build_head, head_predict, preset,
+    train_head,
 )
 
 WORDS = ("rewrite this text as a pirate poem make it formal shorter the meeting was moved to thursday "
@@ -279,3 +285,75 @@ def test_cli_train_then_recover(tiny_bert, tiny_bert_embedder, tmp_path):
     assert reported.exit_code == 0, reported.output
     assert "embedding-space score" in reported.output and "bank oracle" in reported.output
     assert "local (" in reported.output
+
+
+# --- resuming after kill -9: feature shards written before the kill are reused --------------------------
+
+def _shard_texts(folder: Path) -> dict[str, int]:
+    """Texts per finished feature shard under a cache folder, by file name."""
+    from safetensors import safe_open
+
+    counts = {}
+    for shard in folder.glob("features/*/*.safetensors"):
+        with safe_open(str(shard), framework="numpy") as handle:
+            counts[shard.name] = handle.get_slice("keys").get_shape()[0]
+    return counts
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread, as the CLI runs with --threads 1, so the in-process fit matches it bit for bit."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_cli_training_killed_with_sigkill_reuses_its_feature_shards(tiny_bert, tiny_bert_embedder, tmp_path,
+                                                                      one_thread):
+    root = Path(__file__).resolve().parents[1]
+    data, out, cache = tmp_path / "train.csv", tmp_path / "model", tmp_path / "cache"
+    _pairs(1500).to_csv(data, index=False)  # 3,000 distinct texts: 6 shards, encoded one text per forward pass
+    options = dict(backbone=str(tiny_bert), embedder=str(tiny_bert_embedder), max_length=32, multiplier=1, epochs=2,
+                   batch_size=64, encode_batch_size=1)
+    command = [sys.executable, "-m", "promptrec", "--threads", "1", "train", "regressor", str(data), "-o", str(out),
+               *[arg for k, v in {**options, "cache_dir": cache}.items() for arg in ("--set", f"{k}={v}")]]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "PROMPTREC_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 120
+        while not _shard_texts(cache):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline, "encoding made no progress"
+            time.sleep(0.005)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    assert first.returncode == -signal.SIGKILL and not (out / "method.json").exists()
+    assert "regressor: features for 3000 texts: 0 from cache, 3000 to encode" in (tmp_path / "first.log").read_text()
+    before = _shard_texts(cache)
+    saved = sum(before.values())
+    assert 0 < saved < 3000 and saved % SHARD_TEXTS == 0
+
+    second = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    [(total, reused, encoding)] = re.findall(r"regressor: features for (\d+) texts: (\d+) from cache, (\d+) to encode",
+                                             second.stderr)
+    assert (int(total), int(reused), int(encoding)) == (3000, saved, 3000 - saved)
+    after = _shard_texts(cache)
+    assert before.items() <= after.items()  # the shards of the killed run are kept as they were
+    # the rerun encodes exactly the texts no shard held: with the one chunk in flight at the kill, the two
+    # runs encode at most 3,000 + SHARD_TEXTS texts
+    assert sum(after[name] for name in after.keys() - before.keys()) == 3000 - saved
+    assert sum(after.values()) == 3000 and not list(cache.glob("features/*/.*.tmp"))
+
+    straight = from_name("regressor", **options, cache_dir=str(tmp_path / "fresh"))  # the run never killed
+    triples = read_table(data, TRIPLE_COLUMNS)
+    straight.fit(triples)
+    resumed = load_method(out)
+    straight_state, resumed_state = straight.head.state_dict(), resumed.head.state_dict()
+    assert all(np.array_equal(straight_state[k].numpy(), resumed_state[k].numpy()) for k in straight_state)
+    assert resumed.predict(triples) == straight.predict(triples)

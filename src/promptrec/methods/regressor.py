@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -148,6 +149,11 @@ class FrozenEncoder:
         return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
+def pair_texts(pairs: pd.DataFrame) -> list[str]:
+    """The original texts, then the rewritten texts, of every row."""
+    return [str(t) for t in pairs[ORIGINAL].tolist() + pairs[REWRITTEN].tolist()]
+
+
 class FeatureCache:
     """Encoder features per distinct text, in memory and (optionally) as safetensors shards on disk."""
 
@@ -180,6 +186,10 @@ class FeatureCache:
         save_file({"keys": key_array, "features": features}, str(tmp), metadata={"identity": self.identity})
         tmp.replace(self.folder / f"{name}.safetensors")
 
+    def cached(self, texts: list[str]) -> int:
+        """How many distinct texts of `texts` already have features (in memory or from the shards on disk)."""
+        return sum(_text_key(t) in self.store for t in set(texts))
+
     def features(self, texts: list[str]) -> np.ndarray:
         """(n, 2H) features of `texts`; only texts never seen with this backbone and length are encoded."""
         keys = [_text_key(t) for t in texts]
@@ -196,8 +206,7 @@ class FeatureCache:
 
     def pair_features(self, pairs: pd.DataFrame) -> np.ndarray:
         """(n, 4H): original-text features then rewritten-text features, per row."""
-        texts = [str(t) for t in pairs[ORIGINAL].tolist() + pairs[REWRITTEN].tolist()]
-        per_text = self.features(texts)  # (2n, 2H)
+        per_text = self.features(pair_texts(pairs))  # (2n, 2H)
         return np.concatenate([per_text[: len(pairs)], per_text[len(pairs) :]], axis=1)
 
 
@@ -324,8 +333,9 @@ class RegressorMethod:
     name = "regressor"
     Config = RegressorConfig
 
-    def __init__(self, config: RegressorConfig | None = None):
+    def __init__(self, config: RegressorConfig | None = None, log: Callable[[str], None] | None = None):
         self.config = config or RegressorConfig()
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.head = None
         self.bank: PromptBank | None = None
         self.losses: list[float] = []
@@ -359,6 +369,10 @@ class RegressorMethod:
     def fit(self, triples: pd.DataFrame) -> None:
         """Train the head on (features, prompt embedding) pairs and embed the decoding bank."""
         prompts = [str(p) for p in triples[PROMPT].tolist()]
+        texts = pair_texts(triples)
+        distinct, cached = len(set(texts)), self.cache.cached(texts)
+        # shards written by an interrupted run are read back here, so a rerun only encodes the rest
+        self.log(f"regressor: features for {distinct} texts: {cached} from cache, {distinct - cached} to encode")
         features = self.cache.pair_features(triples)  # (n, 4H)
         targets = self.embedder.encode(prompts)  # (n, D) unit rows
         self.head, self.losses = train_head(features, targets, self.config, self.cache.encoder.initializer_range(),
