@@ -136,3 +136,16 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(root)
     tokenizer.save_pretrained(root)
     return root
+
+
+# --- shared by the kill-and-resume tests (lora, regressor) -------------------------------------------------------
+@pytest.fixture
+def one_thread():
+    """torch on one thread, as the CLI runs with --threads 1: in-process runs then match it bit for bit, and a
+    busy 2-core host does not make small batches crawl."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -170,17 +170,6 @@ ROWS = pd.concat([TRIPLES.assign(**{ID: TRIPLES[ID] + str(i), ORIGINAL: TRIPLES[
                   for i, w in enumerate(["on", "the", "mat"])], ignore_index=True)  # 6 rows: 3 batches of 2
 
 
-@pytest.fixture
-def one_thread():
-    """torch on one thread, as the CLI runs with --threads 1; two on a busy 2-core host make batches of 1 crawl."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class _Crash(Exception):
     """Raised from the log to stop a fit at a chosen update, as a crash would."""
 

@@ -300,17 +300,6 @@ def _shard_texts(folder: Path) -> dict[str, int]:
     return counts
 
 
-@pytest.fixture
-def one_thread():
-    """torch on one thread, as the CLI runs with --threads 1, so the in-process fit matches it bit for bit."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 def test_cli_training_killed_with_sigkill_reuses_its_feature_shards(tiny_bert, tiny_bert_embedder, tmp_path,
                                                                       one_thread):
