@@ -11,7 +11,7 @@ import pandas as pd
 
 from promptrec.clean import parse_generation
 from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, read_table, write_table
-from promptrec.methods.base import FALLBACK_PROMPT, config_from_dict, read_config, safe_child, save_config
+from promptrec.methods.base import FALLBACK_PROMPT, config_from_dict, never_blank, read_config, safe_child, save_config
 
 # Presets by name: model and backend of the original solution (hub access and a GPU needed).
 PRESETS = {"original": ("mistralai/Mistral-7B-Instruct-v0.2", "hf")}
@@ -114,12 +114,6 @@ def completion_prompt(examples: Sequence[Example], original: str, rewritten: str
 def capitalize(prompt: str) -> str:
     """Upper-case the first letter, as instructions are written."""
     return prompt[:1].upper() + prompt[1:]
-
-
-def with_fallback(answers: Sequence[str], fallback: str) -> tuple[list[str], int]:
-    """Answers with empty ones replaced by `fallback`, and how many were replaced."""
-    out = [a if a.strip() else fallback for a in answers]
-    return out, sum(1 for a in answers if not a.strip())
 
 
 # ---- retrieval index ----------------------------------------------------------------------------------------
@@ -339,7 +333,8 @@ class FewShotMethod:
             stop=("\n",),
         )
         answers = [capitalize(parse_generation(t, self.config.max_words)) for t in generator.generate(prompts, settings)]
-        predictions, self.fallbacks = with_fallback(answers, self.config.fallback_prompt)
+        self.fallbacks = sum(not a.strip() for a in answers)
+        predictions = never_blank(answers, self.config.fallback_prompt)
         return predictions
 
     def _require_index(self) -> ExampleIndex:
