@@ -118,6 +118,37 @@ def test_blank_generation_falls_back(trained):
     assert trained.predict(TRIPLES) == ["make it rhyme", FALLBACK_PROMPT]
 
 
+def test_shared_prefix_leaves_one_token_of_each_input():
+    assert lora.shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert lora.shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2
+    assert lora.shared_prefix([[7, 1], [8, 1]]) == 0
+
+
+def test_prefix_cache_and_padding_layout_change_no_generation(tiny_lm_dir, monkeypatch):
+    method = lora.LoraMethod(_settings(tiny_lm_dir, epochs=1, infer_bf16=False), log=lambda line: None)
+    method.fit(TRIPLES)
+    rows = pd.concat([TRIPLES, TRIPLES.assign(**{ORIGINAL: TRIPLES[ORIGINAL] + " extra words"})], ignore_index=True)
+    inputs = [lora.render_input(method.tokenizer, o, w, method.config) for o, w in zip(rows[ORIGINAL], rows[REWRITTEN])]
+    assert lora.shared_prefix(inputs) > 10 and len({len(ids) for ids in inputs}) > 1  # padding sits after the prefix
+    batched = method.generate_raw(rows)
+    method.config.infer_batch_size = 1
+    single = method.generate_raw(rows)
+    monkeypatch.setattr(lora, "shared_prefix", lambda inputs: 0)
+    assert method.generate_raw(rows) == single == batched
+    assert all(len(text.split()) > 0 for text in batched)
+
+
+def test_bf16_inference_is_on_by_default_only_where_it_is_native(monkeypatch):
+    import torch
+
+    cpu = torch.device("cpu")
+    assert lora.infer_autocast(lora.LoraSettings(infer_bf16=False), cpu) is False
+    assert lora.infer_autocast(lora.LoraSettings(infer_bf16=True), cpu) is True
+    for native in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+        assert lora.infer_autocast(lora.LoraSettings(), cpu) is native
+
+
 def test_save_load_round_trip_gives_identical_generations(trained, tmp_path):
     trained.save(tmp_path)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

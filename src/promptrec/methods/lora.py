@@ -8,6 +8,7 @@ prompt tokens. Training runs through accelerate, so the same code runs on CPU, o
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -85,6 +86,7 @@ class LoraSettings:
     seed: int = 0  # seeds initialisation, shuffling, dropout and the split
     max_new_tokens: int = 48  # generation stops here, at EOS or at the end of the first line
     num_beams: int = 1  # 1: greedy decoding
+    infer_bf16: bool | None = None  # generate under bf16 autocast; None: on a bf16 GPU or a CPU with native bf16
     infer_batch_size: int = 16  # rows generated together (left padded, sorted by length)
     fallback: str = FALLBACK_PROMPT  # prediction for rows whose generation cleans to nothing
     select_fallback: bool = True  # fit sets `fallback` to the best constant training prompt (needs the embedder)
@@ -250,8 +252,31 @@ def _newline_ids(tokenizer) -> list[int]:
     return [i for i, piece in enumerate(pieces) if "\n" in piece]
 
 
+def infer_autocast(settings: LoraSettings, device) -> bool:
+    """Generate under bf16 autocast: when asked, or by default on a GPU with bf16 or a CPU that computes bf16 natively."""
+    torch = _torch()
+    if settings.infer_bf16 is not None:
+        return settings.infer_bf16
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def shared_prefix(inputs: Sequence[list[int]]) -> int:
+    """Tokens every input starts with, leaving at least one token of each input after them."""
+    shortest = min(len(ids) for ids in inputs)
+    length = 0
+    while length < shortest - 1 and all(ids[length] == inputs[0][length] for ids in inputs):
+        length += 1
+    return length
+
+
 def generate(model, tokenizer, inputs: Sequence[list[int]], settings: LoraSettings, newline_ids: list[int]) -> list[str]:
-    """Raw completions, in order: batches of similar length, left padded, greedy (or beam) decoding."""
+    """Raw completions, in order: batches of similar length, greedy (or beam) decoding.
+
+    The tokens all inputs share (the template's head) are evaluated once; each batch starts from a copy of
+    their KV cache, so rows are laid out as [shared prefix][left padding][rest of the row].
+    """
     torch = _torch()
     from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -264,25 +289,36 @@ def generate(model, tokenizer, inputs: Sequence[list[int]], settings: LoraSettin
 
     device = next(model.parameters()).device
     stops = StoppingCriteriaList([_StopAtNewline(torch.tensor(newline_ids, device=device))]) if newline_ids else None
-    order = np.argsort([len(ids) for ids in inputs], kind="stable")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=infer_autocast(settings, device))
     outputs: list[str] = [""] * len(inputs)
+    if not inputs:
+        return outputs
+    order = np.argsort([len(ids) for ids in inputs], kind="stable")
+    prefix = shared_prefix(inputs) if settings.num_beams == 1 else 0
     model.eval()
-    for start in range(0, len(order), settings.infer_batch_size):
-        chunk = order[start : start + settings.infer_batch_size]
-        width = max(len(inputs[i]) for i in chunk)
-        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id)  # (batch, width), left padded
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)  # (batch, width)
-        for row, i in enumerate(chunk):
-            input_ids[row, width - len(inputs[i]) :] = torch.tensor(inputs[i])
-            mask[row, width - len(inputs[i]) :] = 1
-        with torch.inference_mode():
+    with torch.inference_mode(), autocast:
+        prefix_cache = model(torch.tensor([inputs[0][:prefix]], device=device), use_cache=True).cache if prefix else None
+        for start in range(0, len(order), settings.infer_batch_size):
+            chunk = order[start : start + settings.infer_batch_size]
+            width = prefix + max(len(inputs[i]) - prefix for i in chunk)
+            input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id)  # (batch, width)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)  # (batch, width)
+            input_ids[:, :prefix] = torch.tensor(inputs[chunk[0]][:prefix])
+            mask[:, :prefix] = 1
+            for row, i in enumerate(chunk):
+                input_ids[row, width - len(inputs[i]) + prefix :] = torch.tensor(inputs[i][prefix:])
+                mask[row, width - len(inputs[i]) + prefix :] = 1
+            extra = {}
+            if prefix_cache is not None:
+                extra["cache"] = copy.deepcopy(prefix_cache)
+                extra["cache"].batch_repeat_interleave(len(chunk))
             generated = model.generate(
                 input_ids=input_ids.to(device), attention_mask=mask.to(device), max_new_tokens=settings.max_new_tokens,
                 do_sample=False, num_beams=settings.num_beams, pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id, stopping_criteria=stops,
+                eos_token_id=tokenizer.eos_token_id, stopping_criteria=stops, **extra,
             )  # (batch, width + new)
-        for row, i in enumerate(chunk):
-            outputs[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True)
+            for row, i in enumerate(chunk):
+                outputs[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True)
     return outputs
 
 
