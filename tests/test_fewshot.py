@@ -264,3 +264,16 @@ def test_packaged_smollm2_end_to_end(tmp_path):
     assert text.startswith("<|im_start|>system\nEach example shows") and text.endswith("<|im_start|>assistant\n")
     predictions = method.predict(pairs)
     assert len(predictions) == 2 and all(p.strip() for p in predictions)
+
+
+def test_shipped_original_config_asks_for_mistral_through_transformers(monkeypatch):
+    from pathlib import Path
+
+    from promptrec.methods.base import load_config_file
+
+    calls = []
+    monkeypatch.setattr("promptrec.llm.base.load_generator",
+                        lambda model, backend=None, **options: calls.append((model, backend, options)) or "loaded")
+    method = from_name("fewshot", **load_config_file(Path(__file__).parents[1] / "configs" / "fewshot_original.yaml"))
+    assert method.load_generator() == "loaded"
+    assert calls == [("mistralai/Mistral-7B-Instruct-v0.2", "hf", {})]

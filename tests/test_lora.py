@@ -18,7 +18,7 @@ import pytest
 from promptrec.clean import parse_generation
 from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, TRIPLE_COLUMNS, read_table
 from promptrec.methods import lora
-from promptrec.methods.base import FALLBACK_PROMPT, from_name, load_method
+from promptrec.methods.base import FALLBACK_PROMPT, from_name, load_config_file, load_method
 
 TRIPLES = pd.DataFrame({
     ID: ["a", "b"],
@@ -100,6 +100,8 @@ def test_presets_fill_unset_fields_only():
         from_name("lora", epochs="many")
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         lora.LoraMethod(lora.LoraSettings(preset="nope"))
+    shipped = from_name("lora", **load_config_file(Path(__file__).parents[1] / "configs" / "lora_original.yaml"))
+    assert (shipped.config.model, shipped.config.r, shipped.config.text_tokens) == ("microsoft/phi-2", 16, 256)
 
 
 def test_grouped_split_keeps_each_original_on_one_side():

@@ -75,10 +75,15 @@ def set_threads(threads: int | None = None) -> int:
 
 def quiet_libraries() -> None:
     """Silence per-load progress bars and info logs of transformers; ours are enough."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_loading
     from transformers.utils import logging
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    if not isinstance(gguf_loading.tqdm, functools.partial):  # its GGUF dequantising bar ignores the switch above
+        gguf_loading.tqdm = functools.partial(gguf_loading.tqdm, disable=True)
 
 
 def require(module: str, install: str = _INSTALL) -> None:

@@ -57,8 +57,9 @@ class LlamaCppGenerator:
         """Load `model` (a .gguf path or short offline name).
 
         n_ctx: tokens per request (prompt + completion). n_threads: default PROMPTREC_THREADS, else 1.
-        prefix_cache: reuse the KV cache of the previous request (and a RAM cache of states) so a shared
-        prompt prefix is evaluated once; False evaluates every prompt from scratch.
+        prefix_cache: keep the previous request's KV cache, so the tokens a prompt shares with the previous
+        prompt are not evaluated again (no RAM cache of states: its per-request state copy cost more than
+        it saved in `promptrec bench fewshot`); False evaluates every prompt from scratch.
         parallel: prompts decoded together as sequences of one llama.cpp batch (1: one request at a time).
         quant: re-quantize the weights once (cached) to "q4_0" or "q8_0", whose CPU kernels are faster
         than the packaged SmolLM2's Q4_1; q4_0 loses a little precision, q8_0 next to none.
@@ -80,8 +81,6 @@ class LlamaCppGenerator:
             str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=n_batch, seed=seed,
             verbose=False,
         )
-        if prefix_cache:
-            self.llm.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=256 << 20))
         self._batched = _BatchedDecoder(self.llm, n_ctx, self.parallel) if self.parallel > 1 else None
         self.last_stats: dict[str, float] = {}
         template = self.llm.metadata.get("tokenizer.chat_template")
