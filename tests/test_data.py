@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from promptrec.data import (
-    TRIPLE_COLUMNS, DataError, atomic_write, read_table, read_texts, write_submission, write_table,
+    TRIPLE_COLUMNS, DataError, atomic_write, held_out, read_table, read_texts, write_submission, write_table,
 )
 
 BAD = Path(__file__).parent / "data" / "bad"
@@ -161,3 +161,11 @@ def test_chunked_reading_numbers_rows_across_chunks(tmp_path):
     with pytest.raises(DataError, match="row 5, column 'id': duplicate id 'a' \\(first at row 1\\)"):
         next(chunks)
     assert warnings == [f"{path}, row 2, column 'original_text': empty text (the row still gets a prediction)"]
+
+
+def test_held_out_keeps_each_key_on_one_side():
+    keys = list("aabbccddee")
+    mask = held_out(keys, 0.4, seed=1)
+    assert mask.sum() == 4 and {k for k, m in zip(keys, mask) if m}.isdisjoint(k for k, m in zip(keys, mask) if not m)
+    assert (held_out(keys, 0.4, seed=1) == mask).all() and not held_out(keys, 0.0, seed=1).any()
+    assert held_out(keys, 1.0, seed=1).all()

@@ -104,13 +104,6 @@ def test_presets_fill_unset_fields_only():
     assert (shipped.config.model, shipped.config.r, shipped.config.text_tokens) == ("microsoft/phi-2", 16, 256)
 
 
-def test_grouped_split_keeps_each_original_on_one_side():
-    frame = pd.DataFrame({ORIGINAL: list("aabbccddee"), PROMPT: list("0123456789")})
-    train, held = lora.grouped_split(frame, 0.4, seed=1)
-    assert len(held) == 4 and set(train[ORIGINAL]).isdisjoint(held[ORIGINAL])
-    assert len(train) + len(held) == 10
-
-
 def test_overfit_one_example_is_generated_back_verbatim(trained):
     assert trained.predict(TRIPLES.iloc[:1]) == ["make it rhyme"]
 

@@ -7,11 +7,13 @@ import csv
 import io
 import json
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 
 ID, ORIGINAL, REWRITTEN, PROMPT = "id", "original_text", "rewritten_text", "rewrite_prompt"
@@ -298,3 +300,12 @@ def write_submission_chunks(path: str | Path, chunks: Iterable[tuple[Sequence[st
             writer.writerows(zip(ids, prompts))
             rows += len(ids)
     return rows
+
+
+def held_out(keys: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+    """(n,) bool mask of the rows whose key is among a seeded `fraction` of the distinct keys: a key is never
+    on both sides (lora's validation split by original text, the optimiser's by prompt)."""
+    unique = sorted(set(keys))
+    random.Random(seed).shuffle(unique)
+    chosen = set(unique[: int(round(fraction * len(unique)))])
+    return np.array([key in chosen for key in keys], dtype=bool)

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from promptrec.data import DataError, atomic_write
+from promptrec.data import DataError, atomic_write, held_out
 
 # Scores a batch of candidate texts: higher is better, one float per text.
 Objective = Callable[[list[str]], np.ndarray]
@@ -166,10 +166,8 @@ def split_holdout(prompts: Sequence[str], fraction: float, seed: int) -> tuple[l
     """Seeded split of `prompts` by distinct text into (train, held-out); a text never lands in both."""
     if not 0.0 <= fraction < 1.0:
         raise DataError(f"--holdout {fraction}: expected a fraction in [0, 1)")
-    unique = sorted(set(prompts))
-    random.Random(seed).shuffle(unique)
-    held = set(unique[: int(round(fraction * len(unique)))])
-    return [p for p in prompts if p not in held], [p for p in prompts if p in held]
+    mask = held_out(prompts, fraction, seed)
+    return [p for p, out in zip(prompts, mask) if not out], [p for p, out in zip(prompts, mask) if out]
 
 
 def optimize_prompts(prompts: Sequence[str], embedder, start: str | None = None,

@@ -23,7 +23,7 @@ import pandas as pd
 
 from promptrec import checkpoint
 from promptrec.clean import parse_generation
-from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write
+from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, held_out
 from promptrec.metric import text_digest
 from promptrec.methods.base import FALLBACK_PROMPT, config_from_dict, never_blank, read_config, save_config
 
@@ -221,17 +221,6 @@ def encode_example(tokenizer, original: str, rewritten: str, prompt: str, settin
     return context + target, [IGNORE] * len(context) + target
 
 
-def grouped_split(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, held-out) with every original_text on one side; about `fraction` of the groups held out."""
-    groups = frame[ORIGINAL].unique()
-    held = int(round(len(groups) * fraction)) if fraction > 0 else 0
-    if held == 0 or held >= len(groups):
-        return frame, frame.iloc[:0]
-    chosen = set(np.random.default_rng(seed).permutation(groups)[:held])
-    mask = frame[ORIGINAL].isin(chosen).to_numpy()
-    return frame[~mask], frame[mask]
-
-
 def _collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
     """Right-pad a batch of (input_ids, labels) into tensors."""
     torch = _torch()
@@ -365,7 +354,10 @@ class LoraMethod:
         if folder:
             checkpoint.open_run(folder, self._manifest(rows, accelerator.num_processes))
         base, tokenizer = load_base(cfg.model, bf16), load_tokenizer(cfg.model)
-        train, held = grouped_split(rows, cfg.val_fraction, cfg.seed)
+        mask = held_out(rows[ORIGINAL].tolist(), cfg.val_fraction, cfg.seed)
+        if mask.all():  # too few original texts to hold any out
+            mask[:] = False
+        train, held = rows[~mask], rows[mask]
         held = held.iloc[: cfg.val_rows]
         encode = lambda f: [encode_example(tokenizer, o, w, p, cfg) for o, w, p in zip(f[ORIGINAL], f[REWRITTEN], f[PROMPT])]
         train_rows, held_rows = encode(train), encode(held)
