@@ -15,7 +15,7 @@ from promptrec.cv import CVSettings, group_folds, parse_specs, read_sources, run
 from promptrec.data import DataError
 from promptrec.methods.base import METHODS, save_config
 
-SEEN: dict[str, list] = {"fits": [], "predicts": []}
+SEEN: dict[str, list] = {"fits": [], "predicts": [], "checkpoints": []}
 
 
 @dataclass
@@ -23,6 +23,7 @@ class LeakConfig:
     """Options of the in-test leak-checking method."""
 
     answer: str = "pirate"  # the prompt predicted for every row
+    checkpoint_dir: str | None = None  # set by cv; fit leaves a folder there, as a method killed mid-fit would
 
 
 class LeakCheckMethod:
@@ -37,6 +38,9 @@ class LeakCheckMethod:
 
     def fit(self, triples: pd.DataFrame) -> None:
         SEEN["fits"].append(self.config.answer)
+        if self.config.checkpoint_dir:
+            SEEN["checkpoints"].append(Path(self.config.checkpoint_dir))
+            Path(self.config.checkpoint_dir).mkdir(parents=True)
         self.originals = set(triples["original_text"].str.strip())
 
     def predict(self, pairs: pd.DataFrame) -> list[str]:
@@ -56,8 +60,8 @@ class LeakCheckMethod:
 @pytest.fixture(autouse=True)
 def _register(monkeypatch):
     monkeypatch.setitem(METHODS, "leakcheck", f"{__name__}:LeakCheckMethod")
-    SEEN["fits"].clear()
-    SEEN["predicts"].clear()
+    for seen in SEEN.values():
+        seen.clear()
 
 
 def _triples(path: Path, prefix: str, rows: int, prompts: list[str]) -> Path:
@@ -159,6 +163,20 @@ def test_rerun_reuses_parts_and_limit_subsamples(tmp_path, word_embedder):
     assert "limit 4 held-out rows per fold" in (tmp_path / "r" / "report.md").read_text()
     part = json.loads(next((tmp_path / "r" / "parts").glob("*.json")).read_text())
     assert part["embedder"] == "fixture (4 words)" and len(part["predictions"]) == len(part["scores"])
+
+
+def test_fits_checkpoint_beside_their_part_which_clears_them(tmp_path, word_embedder):
+    data = _triples(tmp_path / "d.csv", "d", 30, ["pirate", "poem"])
+    options = {"ens": {"members": ["inner=leakcheck"], "member_config": {"inner": {"answer": "inner"}}}}
+    run_cv([data], ["leakcheck", "ens=ensemble"], tmp_path / "r", options, CVSettings(folds=2), word_embedder)
+    parts = tmp_path / "r" / "parts"
+    stems = {p.stem for p in parts.glob("*.json")}
+    plain = [p for p in SEEN["checkpoints"] if p.parent == parts]
+    inner = [p for p in SEEN["checkpoints"] if p.name == "inner.partial"]
+    assert len(plain) == len(inner) == 2 and len(SEEN["checkpoints"]) == 4
+    assert {p.name.removesuffix(".partial") for p in plain} | {p.parent.name for p in inner} == stems
+    assert all(p.parent.parent == parts for p in inner)
+    assert [p for p in parts.iterdir() if p.is_dir()] == []  # removed once each part is written
 
 
 @pytest.mark.slow

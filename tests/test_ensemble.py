@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 from promptrec.data import DataError
-from promptrec.methods.base import METHODS, config_from_dict, from_name, load_method, read_config, save_config
+from promptrec.methods.base import (
+    METHODS, checkpoint_beside, config_from_dict, from_name, load_method, read_config, save_config,
+)
 from promptrec.methods.ensemble import EnsembleMethod, candidate_subsets, fit_ensemble, join_prompts, parse_members
 
 
@@ -178,3 +180,10 @@ def test_fit_optimises_a_suffix_on_the_training_prompts(word_embedder):
     method.fit(PAIRS.assign(rewrite_prompt=["pirate", "pirate"]))
     assert method.config.suffix == "pirate"  # the best training prompt already scores 1.0; pruning keeps it
     assert method.predict(PAIRS) == ["formal pirate", "formal pirate"]
+
+
+def test_members_that_checkpoint_are_pointed_beside_the_output(tmp_path):
+    ensemble = EnsembleMethod(config_from_dict(EnsembleMethod.Config, {"members": ["constant", "tuned=lora"]}, "t"))
+    checkpoint_beside(ensemble, tmp_path / "models")
+    assert ensemble.members["tuned"].config.checkpoint_dir == str(tmp_path / "models" / "tuned.partial")
+    assert not hasattr(ensemble.members["constant"].config, "checkpoint_dir")

@@ -17,10 +17,11 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from promptrec import checkpoint
 from promptrec.data import (
     ID, ORIGINAL, PROMPT, REWRITTEN, TRIPLE_COLUMNS, DataError, atomic_write, ensure_writable, read_table, write_table,
 )
-from promptrec.methods.base import config_from_dict, from_name, method_class, never_blank
+from promptrec.methods.base import checkpoint_beside, config_from_dict, from_name, method_class, never_blank
 from promptrec.methods.ensemble import EnsembleMethod, parse_members
 
 SOURCE, FOLD, METHOD, PREDICTION, SCORE = "source", "fold", "method", "prediction", "score"
@@ -204,6 +205,8 @@ def run_cv(data: list[str | Path], methods: list[str], output: str | Path,
                 record = json.loads(part.read_text(encoding="utf-8"))
             else:
                 method = _build(spec, fitted)
+                work = part.with_suffix("")  # checkpoints of a method killed mid-fit; a rerun continues from them
+                checkpoint_beside(method, work)
                 start = time.perf_counter()
                 method.fit(train)
                 fit_seconds = time.perf_counter() - start
@@ -218,6 +221,8 @@ def run_cv(data: list[str | Path], methods: list[str], output: str | Path,
                           "embedder": embedder.label, "fit_seconds": fit_seconds, "predict_seconds": predict_seconds}
                 with atomic_write(part) as handle:
                     json.dump(record, handle, default=str)
+                for folder in (work, work.with_name(f"{work.name}.partial")):
+                    checkpoint.remove(folder)
             oof.append(test[[SOURCE, ID, PROMPT]].assign(**{
                 FOLD: fold, METHOD: spec.label, PREDICTION: record["predictions"], SCORE: record["scores"]}))
             timings.append({METHOD: spec.label, FOLD: fold, "rows": len(rows), "fit_seconds": record["fit_seconds"],

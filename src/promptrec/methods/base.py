@@ -125,8 +125,11 @@ def load_method(folder: str | Path) -> Method:
 
 
 def checkpoint_beside(method: Method, output: str | Path) -> None:
-    """Point a method whose config has an unset `checkpoint_dir` at `OUTPUT.partial`, so that a rerun of
-    the same training continues from its checkpoints; other methods are left as they are."""
+    """Point a method whose config has an unset `checkpoint_dir` at `OUTPUT.partial` (an ensemble's members at
+    `OUTPUT/LABEL.partial`), so that a rerun of the same training continues from its checkpoints; other
+    methods are left as they are."""
+    for label, member in getattr(method, "members", {}).items():
+        checkpoint_beside(member, Path(output) / label)
     config = getattr(method, "config", None)
     if hasattr(config, "checkpoint_dir") and config.checkpoint_dir is None:
         output = Path(output)

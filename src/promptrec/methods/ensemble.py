@@ -15,7 +15,8 @@ import pandas as pd
 
 from promptrec.data import PROMPT, TRIPLE_COLUMNS, DataError, read_table
 from promptrec.methods.base import (
-    METHODS, Method, config_from_dict, from_name, load_method, never_blank, read_config, safe_child, save_config,
+    METHODS, Method, checkpoint_beside, config_from_dict, from_name, load_method, never_blank, read_config, safe_child,
+    save_config,
 )
 
 MODES = ("concat", "select")
@@ -204,6 +205,7 @@ def fit_ensemble(data: list[str | Path], output: str | Path, members: list[str] 
     ensure_writable(Path(output) / "method.json")
     triples = pd.concat([read_table(path, TRIPLE_COLUMNS) for path in data], ignore_index=True)
     ensemble = EnsembleMethod(config)
+    checkpoint_beside(ensemble, output)  # a rerun after a crash continues lora members from their checkpoints
     ensemble.fit(triples, log)
     ensemble.save(Path(output))
     return ensemble
