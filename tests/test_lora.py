@@ -191,6 +191,21 @@ def test_packaged_smollm2_trains_one_step_and_generates(tmp_path):
     assert (tmp_path / "tokenizer" / "tokenizer.json").is_file()
 
 
+@pytest.mark.slow
+def test_packaged_gemma3_base_trains_with_the_plain_template_and_round_trips(tmp_path):
+    rows = TRIPLES.assign(**{PROMPT: ["Make it rhyme.", "Describe the weather."]})
+    method = lora.LoraMethod(lora.LoraSettings(preset="gemma3-270m", max_steps=1, batch_size=2, text_tokens=16,
+                                               val_fraction=0.0, select_fallback=False, max_new_tokens=6),
+                             log=lambda line: None)
+    method.fit(rows)
+    assert not method.tokenizer.chat_template  # a base model: the instruction ends with PLAIN_SUFFIX
+    ids = lora.render_input(method.tokenizer, "a", "b", method.config)
+    assert method.tokenizer.decode(ids).endswith(lora.PLAIN_SUFFIX)
+    assert {"q_proj", "down_proj"} <= set(method.model.peft_config["default"].target_modules)
+    method.save(tmp_path)
+    assert load_method(tmp_path).generate_raw(rows) == method.generate_raw(rows)
+
+
 # --- resumable training: checkpoints, a simulated crash and a real kill -9 -----------------------------
 ROWS = pd.concat([TRIPLES.assign(**{ID: TRIPLES[ID] + str(i), ORIGINAL: TRIPLES[ORIGINAL] + f" {w}"})
                   for i, w in enumerate(["on", "the", "mat"])], ignore_index=True)  # 6 rows: 3 batches of 2
