@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="fixed examples in the prompt")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--example-tokens", type=int, default=FewShotConfig.example_tokens, help="budget per example text")
+    parser.add_argument("--example-tokens", type=int, default=FewShotConfig.example_tokens, help="budget per example text (default: the method's, 128 with fixed examples)")
     parser.add_argument("--query-tokens", type=int, default=FewShotConfig.query_tokens, help="budget per query text")
     args, _ = parser.parse_known_args()  # `promptrec bench fewshot` leaves its own words in sys.argv
     if not DATA.is_file():
@@ -74,7 +74,7 @@ def main() -> None:
         del method
     same = sum(a == b for a, b in zip(results["off"][2], results["on"][2]))
     print(f"speed-up from prefix reuse: {results['off'][0] / results['on'][0]:.2f}x  "
-          f"({args.model}, k={args.k}, {args.example_tokens}/{args.query_tokens} tokens per example/query text, "
+          f"({args.model}, k={args.k}, {config.example_tokens}/{args.query_tokens} tokens per example/query text, "
           f"{args.threads} thread(s); identical greedy predictions: {same}/{args.rows})")
 
 

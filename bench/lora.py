@@ -39,18 +39,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=3, help="LoRA updates timed (batch 4)")
     parser.add_argument("--rows", type=int, default=16, help="rows generated in each inference mode")
-    parser.add_argument("--text-tokens", type=int, default=48, help="token budget per text (original, rewritten)")
+    parser.add_argument("--text-tokens", type=int, default=0, help="token budget per text (0: the preset's, 48)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PROMPTREC_THREADS or all cores)")
     args, _ = parser.parse_known_args()  # `promptrec bench lora` leaves its own words in sys.argv
     quiet_libraries()
     threads = set_threads(args.threads or None)
-    settings = LoraSettings(max_steps=args.steps, text_tokens=args.text_tokens, val_fraction=0.0, select_fallback=False)
+    settings = LoraSettings(max_steps=args.steps, text_tokens=args.text_tokens or None, val_fraction=0.0,
+                            select_fallback=False)
     method = LoraMethod(settings,
                         log=lambda line: None)
     train = _rows(args.steps * method.config.batch_size)
     method.fit(train)
     tokens_per_s = method.history[-1]["train_tokens_per_s"]
-    print(f"lora bench: {method.config.model} r={method.config.r}, text budget {args.text_tokens} tokens, "
+    print(f"lora bench: {method.config.model} r={method.config.r}, text budget {method.config.text_tokens} tokens, "
           f"{threads} thread(s), CPU")
     print(f"train: {args.steps} updates x batch {method.config.batch_size}: {tokens_per_s:.0f} tokens/s")
 

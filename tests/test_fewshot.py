@@ -277,3 +277,9 @@ def test_shipped_original_config_asks_for_mistral_through_transformers(monkeypat
     method = from_name("fewshot", **load_config_file(Path(__file__).parents[1] / "configs" / "fewshot_original.yaml"))
     assert method.load_generator() == "loaded"
     assert calls == [("mistralai/Mistral-7B-Instruct-v0.2", "hf", {})]
+
+
+def test_example_budget_defaults_by_selection_and_keeps_a_given_one():
+    assert FewShotMethod(FewShotConfig()).config.example_tokens == 64
+    assert FewShotMethod(FewShotConfig(selection="fixed")).config.example_tokens == 128
+    assert FewShotMethod(FewShotConfig(selection="fixed", example_tokens=32)).config.example_tokens == 32

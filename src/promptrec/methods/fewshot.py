@@ -45,7 +45,9 @@ class FewShotConfig:
     k: int = 4  # worked examples per prompt
     fixed_ids: list[str] = field(default_factory=list)  # ids of the fixed examples; [] = fit picks typical ones
     diff_weight: float = 0.5  # retrieval score = (1-w) cos(rewritten) + w cos(rewritten - original)
-    example_tokens: int = 64  # token budget of each example text (head and tail kept)
+    # Token budget of each example text (head and tail kept); None: 64 retrieved (paid on every row), 128 fixed
+    # (evaluated once thanks to prefix reuse; 5-fold CV: 0.066 vs 0.062 at 64).
+    example_tokens: int | None = None
     query_tokens: int = 128  # token budget of each query text
     max_new_tokens: int = 32  # generated tokens per row
     temperature: float = 0.0  # 0 = greedy
@@ -225,6 +227,8 @@ class FewShotMethod:
             raise DataError(f"fewshot: selection must be 'retrieved' or 'fixed', not '{self.config.selection}'")
         if self.config.template not in ("auto", "chat", "completion"):
             raise DataError(f"fewshot: template must be auto, chat or completion, not '{self.config.template}'")
+        if self.config.example_tokens is None:
+            self.config.example_tokens = 128 if self.config.selection == "fixed" else 64
         self.index: ExampleIndex | None = None
         self.generator = None  # loaded on first predict, or set by the caller
         self.embedder = None  # retrieval embedder (anything with .encode), loaded on first use or set by the caller
