@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -139,6 +143,24 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 
 # --- shared by the kill-and-resume tests (lora, regressor) -------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+CLI_ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PROMPTREC_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def kill_when(command: list[str], log: Path, ready: Callable[[], bool], poll: float = 0.01) -> None:
+    """Run the CLI `command` (output to `log`) and SIGKILL it once `ready()`; fail if it exits first or stalls 120 s."""
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command, cwd=ROOT, env=CLI_ENV, stdout=handle, stderr=handle)
+        deadline = time.monotonic() + 120
+        while not ready():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"no progress: {log.read_text()[-500:]}"
+            time.sleep(poll)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+
 @pytest.fixture
 def one_thread():
     """torch on one thread, as the CLI runs with --threads 1: in-process runs then match it bit for bit, and a

@@ -4,16 +4,14 @@ real kill -9, saving; one slow test on the packaged SmolLM2."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import CLI_ENV, ROOT, kill_when
 
 from promptrec.clean import parse_generation
 from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, TRIPLE_COLUMNS, read_table
@@ -270,7 +268,6 @@ def test_a_checkpoint_of_other_options_or_data_is_refused_in_one_line(tiny_lm_di
 
 @pytest.mark.slow
 def test_cli_training_killed_with_sigkill_resumes_from_its_checkpoint(tiny_lm_dir, tmp_path, one_thread):
-    root = Path(__file__).resolve().parents[1]
     data, out, total = tmp_path / "triples.csv", tmp_path / "model", 120
     ROWS.to_csv(data, index=False)
     options = dict(model=str(tiny_lm_dir), r=8, alpha=16, text_tokens=16, batch_size=2, learning_rate=2e-2,
@@ -280,24 +277,14 @@ def test_cli_training_killed_with_sigkill_resumes_from_its_checkpoint(tiny_lm_di
     config.write_text(json.dumps(options), encoding="utf-8")
     command = [sys.executable, "-m", "promptrec", "--threads", "1", "train", "lora", str(data), "-o", str(out),
                "--config", str(config)]
-    env = {**os.environ, "PYTHONPATH": str(root / "src"), "PROMPTREC_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    partial = tmp_path / "model.partial"
-
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=log)
-        deadline = time.monotonic() + 120
-        while " step 25:" not in (tmp_path / "first.log").read_text():  # 5 updates past the checkpoint of step 20
-            assert first.poll() is None, (tmp_path / "first.log").read_text()
-            assert time.monotonic() < deadline, "training made no progress"
-            time.sleep(0.01)
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=60)
-    assert first.returncode == -signal.SIGKILL and not (out / "method.json").exists()
+    partial, log = tmp_path / "model.partial", tmp_path / "first.log"
+    kill_when(command, log, lambda: " step 25:" in log.read_text())  # 5 updates past the checkpoint of step 20
+    assert not (out / "method.json").exists()
     [newest] = [p for p in partial.iterdir() if p.name.startswith("checkpoint-") and not p.name.endswith(".tmp")]
     stopped_at = json.loads((newest / "state.json").read_text())["progress"]["updates"]
     assert 20 <= stopped_at < total
 
-    second = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    second = subprocess.run(command, cwd=ROOT, env=CLI_ENV, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert f"lora: resuming from {partial} at update {stopped_at} of {total}" in second.stderr
     logged = [int(m) for m in re.findall(r"^lora epoch \d+ step (\d+):", second.stderr, re.M)]

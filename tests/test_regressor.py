@@ -6,15 +6,14 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CLI_ENV, ROOT, kill_when
 import yaml
 
 from promptrec.data import TRIPLE_COLUMNS, DataError, read_table
@@ -303,31 +302,21 @@ def _shard_texts(folder: Path) -> dict[str, int]:
 @pytest.mark.slow
 def test_cli_training_killed_with_sigkill_reuses_its_feature_shards(tiny_bert, tiny_bert_embedder, tmp_path,
                                                                       one_thread):
-    root = Path(__file__).resolve().parents[1]
     data, out, cache = tmp_path / "train.csv", tmp_path / "model", tmp_path / "cache"
     _pairs(1500).to_csv(data, index=False)  # 3,000 distinct texts: 6 shards, encoded one text per forward pass
     options = dict(backbone=str(tiny_bert), embedder=str(tiny_bert_embedder), max_length=32, multiplier=1, epochs=2,
                    batch_size=64, encode_batch_size=1)
     command = [sys.executable, "-m", "promptrec", "--threads", "1", "train", "regressor", str(data), "-o", str(out),
                *[arg for k, v in {**options, "cache_dir": cache}.items() for arg in ("--set", f"{k}={v}")]]
-    env = {**os.environ, "PYTHONPATH": str(root / "src"), "PROMPTREC_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=log)
-        deadline = time.monotonic() + 120
-        while not _shard_texts(cache):
-            assert first.poll() is None, (tmp_path / "first.log").read_text()
-            assert time.monotonic() < deadline, "encoding made no progress"
-            time.sleep(0.005)
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=60)
-    assert first.returncode == -signal.SIGKILL and not (out / "method.json").exists()
+    kill_when(command, tmp_path / "first.log", lambda: bool(_shard_texts(cache)), poll=0.005)
+    assert not (out / "method.json").exists()
     assert "regressor: features for 3000 texts: 0 from cache, 3000 to encode" in (tmp_path / "first.log").read_text()
     before = _shard_texts(cache)
     saved = sum(before.values())
     assert 0 < saved < 3000 and saved % SHARD_TEXTS == 0
 
-    second = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    second = subprocess.run(command, cwd=ROOT, env=CLI_ENV, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr
     [(total, reused, encoding)] = re.findall(r"regressor: features for (\d+) texts: (\d+) from cache, (\d+) to encode",
                                              second.stderr)
