@@ -31,6 +31,8 @@ def say(text: str) -> None:
 
 
 Embed = Annotated[str, typer.Option("--embedder", "-e", help="official (sentence-t5-base), proxy (packaged MiniLM) or a folder")]
+ConfigFile = Annotated[Optional[Path], typer.Option(help="YAML/JSON file of method options")]
+MethodSet = Annotated[list[str], typer.Option("--set", help="method option key=value (repeatable)")]
 
 
 @app.callback()
@@ -136,8 +138,8 @@ def recover(
     method: Annotated[str, typer.Option(help="method name (see `promptrec methods`)")] = "constant",
     model: Annotated[Optional[Path], typer.Option(help="folder saved by `promptrec train` or `promptrec fit` (overrides --method)")] = None,
     examples: Annotated[Optional[Path], typer.Option(help="triples to fit the method on before recovering")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML/JSON file of method options")] = None,
-    setting: Annotated[list[str], typer.Option("--set", help="method option key=value (repeatable)")] = [],
+    config: ConfigFile = None,
+    setting: MethodSet = [],
 ) -> None:
     """Recover one prompt per row and write `id,rewrite_prompt` (never blank, input order)."""
     from promptrec.methods.base import load_method
@@ -153,8 +155,8 @@ def train(
     method: Annotated[str, typer.Argument(help="method name")],
     data: Annotated[Path, typer.Argument(help="triples: id,original_text,rewrite_prompt,rewritten_text")],
     output: Annotated[Path, typer.Option("-o", "--output", help="folder to save the trained method")],
-    config: Annotated[Optional[Path], typer.Option(help="YAML/JSON file of method options")] = None,
-    setting: Annotated[list[str], typer.Option("--set", help="method option key=value (repeatable)")] = [],
+    config: ConfigFile = None,
+    setting: MethodSet = [],
 ) -> None:
     """Train ONE method on triples and save it (JSON config + safetensors/npy, never pickle); re-run the same
     command to continue an interrupted training from its checkpoint in OUTPUT.partial."""
