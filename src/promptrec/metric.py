@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -105,6 +105,20 @@ def load_embedder(spec: str = "proxy", device: str | None = None) -> Embedder:
         raise DataError(f"{path}: not a SentenceTransformer folder (no modules.json); use official, proxy or a folder")
     label = OFFICIAL_LABEL if path.name == "sentence-t5-base" else f"local ({path})"
     return Embedder(SentenceTransformer(str(path), device=device or "cpu"), label)
+
+
+class UsesEmbedder:
+    """Mixin for a method whose `config.embedder` names its metric embedder: `embedder`, loaded on first use."""
+
+    config: Any
+    _embedder: Embedder | None = None  # tests and benchmarks may set a shared or toy embedder here
+
+    @property
+    def embedder(self) -> Embedder:
+        """The metric embedder named by `config.embedder`, loaded on first use."""
+        if self._embedder is None:
+            self._embedder = load_embedder(self.config.embedder)
+        return self._embedder
 
 
 def _encode(embedder: Embedder, texts: list[str], progress: bool) -> np.ndarray:
