@@ -107,7 +107,7 @@ PAIRS = pd.DataFrame({
 
 def test_bank_method_queries_rewritten_and_direction():
     method = BankMethod(BankConfig())
-    method._embedder = AxisEmbedder()
+    method.embedder = AxisEmbedder()
     method.fit(PAIRS)
     assert method.predict(PAIRS) == ["b p", "c q", method.predict(PAIRS)[2]]
     method.config.query = "direction"
@@ -156,7 +156,7 @@ def test_a_saved_bank_is_not_loaded_as_another_method(tmp_path):
     from promptrec.methods.regressor import RegressorMethod
 
     method = BankMethod(BankConfig())
-    method._embedder = AxisEmbedder()
+    method.embedder = AxisEmbedder()
     method.fit(PAIRS)
     method.save(tmp_path / "m")
     with pytest.raises(DataError, match=r"holds a saved 'bank' method, not 'regressor'"):

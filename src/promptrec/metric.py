@@ -108,10 +108,11 @@ def load_embedder(spec: str = "proxy", device: str | None = None) -> Embedder:
 
 
 class UsesEmbedder:
-    """Mixin for a method whose `config.embedder` names its metric embedder: `embedder`, loaded on first use."""
+    """Mixin for a method whose `config.embedder` names its metric embedder: `embedder`, loaded on first use
+    unless set (tests and benchmarks set a toy or shared one: anything with `encode`, `dim` and `label`)."""
 
     config: Any
-    _embedder: Embedder | None = None  # tests and benchmarks may set a shared or toy embedder here
+    _embedder: Embedder | None = None
 
     @property
     def embedder(self) -> Embedder:
@@ -119,6 +120,10 @@ class UsesEmbedder:
         if self._embedder is None:
             self._embedder = load_embedder(self.config.embedder)
         return self._embedder
+
+    @embedder.setter
+    def embedder(self, embedder: Embedder) -> None:
+        self._embedder = embedder
 
 
 def _encode(embedder: Embedder, texts: list[str], progress: bool) -> np.ndarray:
