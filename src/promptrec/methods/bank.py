@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from promptrec import vectors
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, read_texts
 from promptrec.methods.base import load_saved, safe_child, save_config
-from promptrec.metric import UsesEmbedder
+from promptrec.metric import UsesEmbedder, load_embeddings, save_embeddings
 from promptrec.models import cache_dir
-from promptrec.vectors import direction, top_k, unit_rows
 
 BANK_TEXTS = "bank.json"
 BANK_WEIGHTS = "bank.safetensors"
@@ -50,8 +50,6 @@ class PromptBank:
     def from_file(cls, path: str | Path, embedder, cache: str | Path = "") -> "PromptBank":
         """A bank from a prompt list (JSON list, .txt lines or a table's rewrite_prompt), cached under `cache`
         (default: `models.cache_dir`)."""
-        from promptrec.metric import load_embeddings, save_embeddings
-
         prompts = list(dict.fromkeys(p.strip() for p in read_texts(path, PROMPT) if p.strip()))
         if not prompts:
             raise DataError(f"{path}: no prompts in this bank file")
@@ -79,8 +77,8 @@ class PromptBank:
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.dim:
             raise DataError(f"queries have {queries.shape[1]} dimensions but the prompt bank has {self.dim}")
-        cos = unit_rows(queries) @ self.embeddings.T  # (n, size)
-        top = top_k(cos, k)  # (n, min(k, size))
+        cos = vectors.unit_rows(queries) @ self.embeddings.T  # (n, size)
+        top = vectors.top_k(cos, k)  # (n, min(k, size))
         return top, np.take_along_axis(cos, top, axis=1)
 
     def decode(self, queries: np.ndarray, top_k: int = 1) -> list[str]:
@@ -172,7 +170,7 @@ class BankMethod(UsesEmbedder):
         rewritten = self.embedder.encode(pairs[REWRITTEN].tolist())
         if self.config.query == "rewritten":
             return rewritten
-        return direction(rewritten, self.embedder.encode(pairs[ORIGINAL].tolist()))
+        return vectors.direction(rewritten, self.embedder.encode(pairs[ORIGINAL].tolist()))
 
     def predict(self, pairs: pd.DataFrame) -> list[str]:
         """The nearest bank prompt(s) per row (bank prompts are never blank, so the method never abstains)."""
