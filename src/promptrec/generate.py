@@ -38,7 +38,7 @@ REWRITER, GENERATION = "rewriter", "generation"  # provenance columns
 class GenerateConfig:
     """What to generate and how; everything but `n` must match when a run is resumed."""
 
-    rewriter: str = "smollm2"  # short offline name ("smollm2", "gemma3-270m"), GGUF path, hub id or folder
+    rewriter: str = "smollm2"  # short offline name (models.OFFLINE_LLMS), GGUF path, hub id or folder
     backend: str | None = None  # llamacpp / hf / vllm; None: implied by the rewriter
     n: int = 100  # triples to keep (dropped rows are replaced by further pairs)
     seed: int = 0  # pair sampling and per-row sampling seeds
