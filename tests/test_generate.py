@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 
 from promptrec.data import TRIPLE_COLUMNS, DataError, read_table
-from promptrec.generate import GenerateConfig, generate_triples, load_sources, pair_stream, trim_unfinished, truncate
+from promptrec.generate import (
+    GenerateConfig, cut_at_sentence, generate_triples, load_sources, pair_stream, trim_unfinished,
+)
 from promptrec.llm.base import GenerationSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,13 +79,13 @@ def _expected(n: int, seed: int = 0) -> tuple[list[tuple[str, str]], int, int, i
     return kept, attempts, empty, identical
 
 
-def test_truncate_at_sentence_boundary():
+def test_cut_at_sentence_boundary():
     text = "One two. Three four five! Six seven eight nine? Ten."
-    assert truncate(text, 100, len) == text
-    assert truncate(text, 30, len) == "One two. Three four five!"
-    assert truncate(text, 10, len) == "One two."
-    assert truncate("A very long first sentence without end", 12, len) == "A very long"
-    assert truncate("Paragraph one\n\nParagraph two is here", 20, len) == "Paragraph one"
+    assert cut_at_sentence(text, 100, len) == text
+    assert cut_at_sentence(text, 30, len) == "One two. Three four five!"
+    assert cut_at_sentence(text, 10, len) == "One two."
+    assert cut_at_sentence("A very long first sentence without end", 12, len) == "A very long"
+    assert cut_at_sentence("Paragraph one\n\nParagraph two is here", 20, len) == "Paragraph one"
 
 
 def test_trim_unfinished_last_sentence():

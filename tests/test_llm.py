@@ -7,7 +7,8 @@ import importlib.util
 import pytest
 
 from promptrec.data import DataError
-from promptrec.llm.base import BACKENDS, GenerationSettings, cut_at_stop, load_generator
+from promptrec.llm.base import BACKENDS, GenerationSettings, cut_at_stop, default_backend, load_generator
+from promptrec.models import OFFLINE_LLMS
 from promptrec.llm.templates import FEWSHOT_STOP, chat_messages, fewshot_prompt
 
 GREEDY = GenerationSettings(max_new_tokens=6, temperature=0.0)
@@ -41,6 +42,13 @@ def test_registry_and_unknown_backend():
     assert set(BACKENDS) == {"llamacpp", "hf", "vllm"}
     with pytest.raises(DataError, match="unknown LLM backend 'nope'.*hf, llamacpp, vllm"):
         load_generator("x", backend="nope")
+
+
+def test_default_backend_by_model_name():
+    assert [default_backend(m) for m in OFFLINE_LLMS] == ["llamacpp", "llamacpp"]
+    assert default_backend("/models/tiny.Q4_0.gguf") == "llamacpp"
+    assert default_backend("mistralai/Mistral-7B-Instruct-v0.2") == "hf"
+    assert default_backend("./my-model-folder") == "hf"
 
 
 def test_unknown_backend_option_is_one_line(tiny_llama_dir):
@@ -124,6 +132,24 @@ def test_smollm2_chat_template_from_gguf(smollm2):
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
         "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+@pytest.mark.slow
+def test_smollm2_tokenize_round_trips_without_special_tokens(smollm2):
+    ids = smollm2.tokenize("Hello there, team.")
+    assert all(isinstance(i, int) for i in ids) and smollm2.count_tokens("Hello there, team.") == len(ids)
+    assert smollm2.detokenize(ids) == "Hello there, team."
+    assert smollm2.detokenize(smollm2.tokenize("A b") + smollm2.tokenize(" c")) == "A b c"
+    marker = smollm2.tokenize("<|im_start|>")  # text of a special token is read as plain text, not its id
+    assert len(marker) > 1 and smollm2.detokenize(marker) == "<|im_start|>"
+
+
+@pytest.mark.slow
+def test_smollm2_threads_follow_promptrec_threads(monkeypatch):
+    monkeypatch.setenv("PROMPTREC_THREADS", "2")
+    generator = load_generator("smollm2", n_ctx=256)
+    assert generator.llm.context_params.n_threads == 2 and generator.llm.context_params.n_threads_batch == 2
+    assert load_generator("smollm2", n_ctx=256, n_threads=1).llm.context_params.n_threads == 1
 
 
 @pytest.mark.slow
