@@ -96,6 +96,30 @@ def test_hf_sampling_is_seeded_and_stops(tiny_hf):
     assert "e" not in stopped[0]
 
 
+def test_hf_shared_prefix_is_evaluated_once(tiny_hf):
+    from promptrec.llm.hf import shared_prefix
+
+    shared = "Rewrite this text as a pirate would say it. " * 3
+    prompts = [shared + "The meeting", shared + "Turn this into a poem"]
+    outputs = tiny_hf.generate(prompts, GREEDY)
+    prefix = shared_prefix([tiny_hf.tokenize(p) for p in prompts])
+    assert prefix > 20
+    assert tiny_hf.last_stats["prompt_tokens"] == sum(tiny_hf.count_tokens(p) for p in prompts) - prefix
+    assert outputs == [tiny_hf.generate([p], GREEDY)[0] for p in prompts]  # the cached prefix changes no output
+
+
+def test_hf_tokenize_adds_no_special_tokens_and_round_trips(tiny_mistral_dir):
+    generator = load_generator(str(tiny_mistral_dir), backend="hf", device="cpu")
+    text = "Make the text more formal."
+    ids = generator.tokenize(text)
+    assert generator.tokenizer(text)["input_ids"] == [generator.tokenizer.bos_token_id, *ids]  # the model adds BOS
+    assert generator.detokenize(ids) == text
+    assert generator.count_tokens(text) == len(ids)
+    rendered = generator.render_chat([{"role": "user", "content": text}])
+    assert rendered == "<s>[INST] Make the text more formal. [/INST]"
+    assert generator._encode(rendered).count(generator.tokenizer.bos_token_id) == 1  # its template holds the BOS
+
+
 def test_hf_base_model_refuses_chat(tiny_llama_dir, tmp_path):
     import shutil
 
