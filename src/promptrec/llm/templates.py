@@ -6,7 +6,20 @@ instruction last, right before the model answers.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
+
+ELLIPSIS = " [...] "  # joins the head and tail of a text cut to its token budget
+
+
+def head_tail(text: str, budget: int, encode: Callable[[str], list] = str.split,
+              decode: Callable[[list], str] = " ".join) -> str:
+    """`text` cut to `budget` tokens (words by default), keeping its head and tail joined by ELLIPSIS: the head
+    shows lead-ins and titles, the tail the requested form. A budget of 0 keeps the whole text."""
+    tokens = encode(text)
+    if budget <= 0 or len(tokens) <= budget:
+        return text
+    head = (budget + 1) // 2
+    return decode(tokens[:head]).rstrip() + ELLIPSIS + decode(tokens[len(tokens) - (budget - head):]).lstrip()
 
 # The user turn of a chat rewrite request.
 CHAT_REWRITE = "Text:\n{text}\n\nRewrite the text above. Instruction: {prompt}"

@@ -1,4 +1,12 @@
-"""The contract every recovery method keeps (fit / predict / save / load) and the registry by name."""
+"""The contract every recovery method keeps, its optional capabilities, and the registry by name.
+
+A method is a class with a `name`, a `Config` dataclass (validated in `__post_init__`) and four calls:
+`fit(triples)`, `predict(pairs) -> list[str | None]`, `save(folder)`, `load(folder)`. `predict` may return
+None (or a blank) for a row it has no answer for (it abstains); whoever needs text fills those rows: an
+ensemble with its other members, `recover` and `cv` with `never_blank`, so a submission never holds a blank.
+What `fit` learns is saved beside the config (`save_config(..., state=...)`, weights in files), never
+written into the config. Methods log through `logging.getLogger(__name__)`; the CLI renders it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
+import numpy as np
 import pandas as pd
 
 from promptrec.data import DataError, atomic_write
@@ -27,26 +36,58 @@ METHODS: dict[str, str] = {
 }
 
 C = TypeVar("C")
+M = TypeVar("M", bound="Method")
 
 
 @runtime_checkable
 class Method(Protocol):
-    """A prompt-recovery method: learn from triples, then recover one prompt per pair."""
+    """A prompt-recovery method: learn from triples, then recover a prompt per pair (or abstain)."""
 
     name: ClassVar[str]
+    Config: ClassVar[type]  # a dataclass; `config_from_dict` builds it from files and `--set` options
+    config: Any
 
     def fit(self, triples: pd.DataFrame) -> None:
         """Learn from `id, original_text, rewrite_prompt, rewritten_text` rows."""
 
-    def predict(self, pairs: pd.DataFrame) -> list[str]:
-        """One non-blank prompt per `id, original_text, rewritten_text` row, in order."""
+    def predict(self, pairs: pd.DataFrame) -> list[str | None]:
+        """A prompt per `id, original_text, rewritten_text` row, in order; None where the method abstains."""
 
     def save(self, folder: Path) -> None:
-        """Write config (JSON) and weights (safetensors/npy) into `folder`."""
+        """Write config and learned state (`save_config`) and weights (safetensors/npy/CSV) into `folder`."""
 
     @classmethod
     def load(cls, folder: Path) -> "Method":
         """Rebuild the method saved in `folder`, executing no code from it."""
+
+
+@runtime_checkable
+class PredictsEmbeddings(Protocol):
+    """A method that also predicts where the true prompt lies in its metric embedder's space."""
+
+    def predict_embeddings(self, pairs: pd.DataFrame) -> np.ndarray:
+        """(n, d) unit rows in the space of the method's `config.embedder`."""
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """A method whose training checkpoints, so a killed `fit` continues where it stopped."""
+
+    def resume_in(self, folder: Path) -> None:
+        """Keep training checkpoints in `folder` (unless the user chose one); a rerun continues from the newest."""
+
+
+@runtime_checkable
+class Composite(Protocol):
+    """A method built from other methods (the ensemble): it fits, saves and checkpoints its members."""
+
+    members: dict[str, Method]  # label -> member
+
+    def adopt(self, label: str, member: Method) -> None:
+        """Use `member`, already fitted, as member `label`: `fit` will not refit it."""
+
+    def combine(self, pairs: pd.DataFrame, predictions: dict[str, list[str | None]]) -> list[str | None]:
+        """Prompts for `pairs` from every member's `predictions` (by label); `predict` is `combine` over members."""
 
 
 def method_class(name: str) -> type:
@@ -99,23 +140,41 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def save_config(folder: Path, name: str, config: Any) -> None:
-    """Write `method.json` naming the method and its config fields."""
+def save_config(folder: Path, name: str, config: Any, state: dict[str, Any] | None = None) -> None:
+    """Write `method.json`: the method name, its config fields and what `fit` learned (`state`, JSON)."""
     folder.mkdir(parents=True, exist_ok=True)
+    payload = {"method": name, "config": dataclasses.asdict(config), "state": state or {}}
     with atomic_write(folder / CONFIG_FILE) as handle:
-        json.dump({"method": name, "config": dataclasses.asdict(config)}, handle, indent=2)
+        json.dump(payload, handle, indent=2)
 
 
 def read_config(folder: Path) -> tuple[str, dict[str, Any]]:
     """Read `method.json`: the method name and its config fields."""
-    path = Path(folder) / CONFIG_FILE
+    name, config, _ = _read_saved(Path(folder))
+    return name, config
+
+
+def _read_saved(folder: Path) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    path = folder / CONFIG_FILE
     if not path.is_file():
         raise DataError(f"{folder}: not a saved method (no {CONFIG_FILE})")
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
-        return payload["method"], payload["config"]
+        name, config, state = payload["method"], payload["config"], payload.get("state", {})
     except (json.JSONDecodeError, KeyError, TypeError):
         raise DataError(f"{path}: not a valid method config") from None
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        raise DataError(f"{path}: not a valid method config")
+    return name, config, state
+
+
+def load_saved(folder: str | Path, cls: type[M]) -> tuple[Any, dict[str, Any]]:
+    """`cls.Config` and the learned state saved in `folder`; one-line error if it holds another method."""
+    folder = Path(folder)
+    name, config, state = _read_saved(folder)
+    if name != cls.name:
+        raise DataError(f"{folder}: holds a saved '{name}' method, not '{cls.name}'")
+    return config_from_dict(cls.Config, config, str(folder)), state
 
 
 def load_method(folder: str | Path) -> Method:
@@ -125,15 +184,14 @@ def load_method(folder: str | Path) -> Method:
 
 
 def checkpoint_beside(method: Method, output: str | Path) -> None:
-    """Point a method whose config has an unset `checkpoint_dir` at `OUTPUT.partial` (an ensemble's members at
-    `OUTPUT/LABEL.partial`), so that a rerun of the same training continues from its checkpoints; other
-    methods are left as they are."""
-    for label, member in getattr(method, "members", {}).items():
-        checkpoint_beside(member, Path(output) / label)
-    config = getattr(method, "config", None)
-    if hasattr(config, "checkpoint_dir") and config.checkpoint_dir is None:
-        output = Path(output)
-        config.checkpoint_dir = str(output.parent / f"{output.name}.partial")
+    """Let a resumable method checkpoint in `OUTPUT.partial` (a composite's members in `OUTPUT/LABEL.partial`),
+    so that a rerun of the same training continues from its checkpoints."""
+    output = Path(output)
+    if isinstance(method, Composite):
+        for label, member in method.members.items():
+            checkpoint_beside(member, output / label)
+    if isinstance(method, Resumable):
+        method.resume_in(output.parent / f"{output.name}.partial")
 
 
 def never_blank(prompts: list[str], fallback: str = FALLBACK_PROMPT) -> list[str]:

@@ -15,8 +15,8 @@ import pandas as pd
 
 from promptrec.data import PROMPT, TRIPLE_COLUMNS, DataError, read_table
 from promptrec.methods.base import (
-    METHODS, Method, checkpoint_beside, config_from_dict, from_name, load_method, never_blank, read_config, safe_child,
-    save_config,
+    FALLBACK_PROMPT, METHODS, Method, PredictsEmbeddings, checkpoint_beside, config_from_dict, from_name, load_method,
+    never_blank, read_config, safe_child, save_config,
 )
 
 MODES = ("concat", "select")
@@ -73,6 +73,13 @@ def candidate_subsets(count: int, max_subset: int) -> list[tuple[int, ...]]:
     return [s for size in range(1, max(1, min(max_subset, count)) + 1) for s in itertools.combinations(range(count), size)]
 
 
+def fill_abstentions(columns: list[list[str | None]]) -> list[list[str]]:
+    """Members' prompts by column; a blank or None cell takes the first non-blank cell of its row (else the fallback)."""
+    rows = [[p.strip() if isinstance(p, str) else "" for p in row] for row in zip(*columns)]
+    filled = [[p or next((q for q in row if q), FALLBACK_PROMPT) for p in row] for row in rows]
+    return [list(col) for col in zip(*filled)] if filled else [[] for _ in columns]
+
+
 def join_prompts(prompts: list[str], separator: str) -> str:
     """Join prompts, dropping blanks and exact repeats (a repeated sentence only adds length)."""
     return separator.join(dict.fromkeys(p.strip() for p in prompts if p.strip()))
@@ -125,14 +132,25 @@ class EnsembleMethod:
             report = optimize_prompts(triples[PROMPT].tolist(), self._embedder(), settings=settings)
             self.config.suffix = report.result.text
 
-    def candidates(self, pairs: pd.DataFrame) -> dict[str, list[str]]:
-        """Each member's prompts for the pairs, by member label."""
-        return {label: never_blank(member.predict(pairs)) for label, member in self.members.items()}
+    def adopt(self, label: str, member: Method) -> None:
+        """Use `member`, already fitted, as member `label`: `fit` will not refit it."""
+        if label not in self.members:
+            raise DataError(f"ensemble: no member labelled '{label}'")
+        self.members[label] = member
+        self.prefit.add(label)
+
+    def candidates(self, pairs: pd.DataFrame) -> dict[str, list[str | None]]:
+        """Each member's prompts for the pairs (None where it abstains), by member label."""
+        return {label: member.predict(pairs) for label, member in self.members.items()}
 
     def predict(self, pairs: pd.DataFrame) -> list[str]:
         """One prompt per row: the joined members (concat) or the selected candidate (select), plus the suffix."""
-        by_member = self.candidates(pairs)
-        columns = list(by_member.values())
+        return self.combine(pairs, self.candidates(pairs))
+
+    def combine(self, pairs: pd.DataFrame, predictions: dict[str, list[str | None]]) -> list[str]:
+        """Prompts from the members' `predictions` (by label); where a member abstains, the first member (in member
+        order) that answered stands in for it."""
+        columns = fill_abstentions([predictions[label] for label in self.members])
         if self.config.mode == "concat":
             chosen = [join_prompts(list(row), self.config.separator) for row in zip(*columns)]
         else:
@@ -146,7 +164,7 @@ class EnsembleMethod:
         embedder = self._embedder()
         if self.config.reference == "auto":
             for label, member in self.members.items():
-                if hasattr(member, "predict_embeddings"):
+                if isinstance(member, PredictsEmbeddings):
                     emb = np.asarray(member.predict_embeddings(pairs), dtype=np.float32)  # (n, d)
                     if emb.shape != (len(pairs), embedder.dim):
                         raise DataError(f"ensemble: member '{label}' predicted embeddings of shape {emb.shape}, "

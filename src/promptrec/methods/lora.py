@@ -328,6 +328,11 @@ class LoraMethod:
         self._embedder_cache = None
 
     # ---- training -------------------------------------------------------------------------
+    def resume_in(self, folder: Path) -> None:
+        """Checkpoint in `folder` unless `checkpoint_dir` is set; a rerun continues from the newest checkpoint."""
+        if self.config.checkpoint_dir is None:
+            self.config.checkpoint_dir = str(folder)
+
     def fit(self, triples: pd.DataFrame) -> None:
         """Train the adapter on triples; evaluate on a grouped held-out split, keep the best score.
 
