@@ -17,7 +17,7 @@ from promptrec.cv import (
     CVSettings, group_folds, make_folds, parse_specs, read_sources, run_cv, scored_rows, source_folds,
 )
 from promptrec.data import DataError, held_out
-from promptrec.methods.base import METHODS, save_config
+from promptrec.methods.base import FALLBACK_PROMPT, METHODS, save_config
 
 SEEN: dict[str, list] = {"fits": [], "predicts": [], "checkpoints": []}
 
@@ -27,6 +27,7 @@ class LeakConfig:
     """Options of the in-test leak-checking method."""
 
     answer: str = "pirate"  # the prompt predicted for every row
+    abstain: bool = False  # answer None on every other row (the 2nd, 4th, ...), as a method without evidence would
     checkpoint_dir: str | None = None  # set by cv; fit leaves a folder there, as a method killed mid-fit would
 
 
@@ -55,7 +56,7 @@ class LeakCheckMethod:
         SEEN["predicts"].append(self.config.answer)
         leaked = self.originals & set(pairs["original_text"].str.strip())
         assert not leaked, f"original text in train and test: {sorted(leaked)[:1]}"
-        return [self.config.answer] * len(pairs)
+        return [None if self.config.abstain and i % 2 else self.config.answer for i in range(len(pairs))]
 
     def save(self, folder: Path) -> None:
         save_config(Path(folder), self.name, self.config)
@@ -166,7 +167,8 @@ def test_specs_and_sources_are_checked(tmp_path):
     assert [(s.label, s.name, s.options) for s in specs] == [("constant", "constant", {}), ("b", "constant", {"prompt": "x"})]
     with pytest.raises(DataError, match="not among the methods"):
         parse_specs(["constant"], {"zzz": {}})
-    with pytest.raises(DataError, match="method 'e', member 'x': unknown option 'colour'"):
+    # building the ensemble checks its members' options; the ensemble words the member's part of the message
+    with pytest.raises(DataError, match=r"^method 'e': .*unknown option 'colour'"):
         parse_specs(["e=ensemble"], {"e": {"members": ["x=constant"], "member_config": {"x": {"colour": 1}}}})
     one = _triples(tmp_path / "a.csv", "a", 6, ["p"])
     (tmp_path / "sub").mkdir()
@@ -206,6 +208,21 @@ def test_run_cv_writes_the_report(tmp_path, word_embedder):
     assert "| short | 0.0000 | 1.0000 |" in report
     assert "fixture (4 words)" in report.splitlines()[2]
     assert result.label == "fixture (4 words)"
+
+
+def test_composites_reuse_members_by_model_key_and_fill_abstentions(tmp_path, word_embedder):
+    data = _triples(tmp_path / "d.csv", "d", 12, ["pirate", "short"])
+    options = {"quiet": {"abstain": True}, "short": {"answer": "short"},
+               "ens": {"members": ["q=leakcheck", "s=leakcheck"], "mode": "concat",
+                       "member_config": {"q": {"abstain": True}, "s": {"answer": "short"}}}}
+    result = run_cv([data], ["quiet=leakcheck", "short=leakcheck", "ens=ensemble"], tmp_path / "r", options,
+                    CVSettings(folds=2), word_embedder)
+    # members match the standalone runs by name and config, not by label: fitted and asked once per fold
+    assert sorted(SEEN["fits"]) == sorted(SEEN["predicts"]) == ["pirate", "pirate", "short", "short"]
+    by_method = result.oof.groupby("method", sort=False)["prediction"].apply(list).to_dict()
+    assert by_method["quiet"] == ["pirate", FALLBACK_PROMPT] * 6  # an abstention is filled as recover would
+    # where q abstains, the ensemble's first answering member (s) stands in, and the join drops the repeat
+    assert by_method["ens"] == ["pirate short", "short"] * 6
 
 
 def test_rerun_reuses_parts_and_limit_subsamples(tmp_path, word_embedder):

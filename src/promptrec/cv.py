@@ -7,6 +7,7 @@ folder; `promptrec.report` writes the rest (report.md, oof.csv, plots).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -22,8 +23,8 @@ from promptrec import checkpoint
 from promptrec.data import (
     ID, ORIGINAL, PROMPT, REWRITTEN, TRIPLE_COLUMNS, DataError, atomic_write, ensure_writable, key_groups, read_table,
 )
-from promptrec.methods.base import checkpoint_beside, config_from_dict, from_name, method_class, never_blank
-from promptrec.methods.ensemble import EnsembleMethod, parse_members
+from promptrec.methods.base import Composite, Method, checkpoint_beside, config_from_dict, method_class, never_blank
+from promptrec.methods.ensemble import parse_members
 from promptrec.report import FOLD, METHOD, PREDICTION, SCORE, SOURCE, write_report
 
 SCHEMES = ("text", "source")
@@ -46,7 +47,6 @@ class Folds:
     of: np.ndarray  # (rows,) fold index per row
     names: list[str]  # per fold: "fold 1", or the held-out files "a.csv + b.csv"
     by: str  # the scheme: "text" or "source"
-    identity: Any  # what a part's identity records of the scheme
 
     @property
     def unit(self) -> str:
@@ -56,16 +56,13 @@ class Folds:
 
 @dataclass
 class Spec:
-    """One method under test: a label (unique in the run), a registered name and its options."""
+    """One method under test: a label (unique in the run), a registered name, its options, and model keys."""
 
     label: str
     name: str
     options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        """Identity of the trained model: name plus options (JSON, sorted)."""
-        return json.dumps([self.name, self.options], sort_keys=True, default=str)
+    key: str = ""  # identity of the trained model: `model_key` of a freshly built method
+    members: dict[str, str] = field(default_factory=dict)  # a composite's member label -> member `model_key`
 
 
 @dataclass
@@ -89,18 +86,31 @@ def parse_specs(methods: list[str], options: dict[str, dict[str, Any]]) -> list[
     unknown = sorted(set(options) - labels)
     if unknown:
         raise DataError(f"options for '{unknown[0]}', which is not among the methods ({', '.join(sorted(labels))})")
-    specs = [Spec(label, name, dict(options.get(label, {}))) for label, name in pairs]
-    for spec in specs:  # bad options fail now, not after hours of other folds
-        _check_options(spec.name, spec.options, f"method '{spec.label}'")
+    specs = []
+    for label, name in pairs:  # building each method once makes bad options fail now, not after hours of folds
+        spec = Spec(label, name, dict(options.get(label, {})))
+        method = build(spec)
+        spec.key = model_key(method)
+        if isinstance(method, Composite):
+            spec.members = {member_label: model_key(member) for member_label, member in method.members.items()}
+        specs.append(spec)
     return specs
 
 
-def _check_options(name: str, options: dict[str, Any], source: str) -> None:
-    """Build the config of `name` (and of an ensemble's members) to reject unknown options early."""
-    config = config_from_dict(method_class(name).Config, dict(options), source)
-    if name == EnsembleMethod.name:
-        for label, member in parse_members(config.members):
-            _check_options(member, config.member_config.get(label, {}), f"{source}, member '{label}'")
+def build(spec: Spec) -> Method:
+    """A fresh, unfitted method for `spec`; bad options fail in one line naming the spec's label."""
+    cls = method_class(spec.name)
+    config = config_from_dict(cls.Config, dict(spec.options), f"method '{spec.label}'")
+    try:
+        return cls(config)
+    except DataError as err:  # checks made when building (e.g. a composite's members' options)
+        raise DataError(f"method '{spec.label}': {err}") from None
+
+
+def model_key(method: Method) -> str:
+    """Identity of a model before training: its method name and every config field (JSON, sorted). A standalone
+    method and a composite's member with the same key are the same model."""
+    return json.dumps([method.name, dataclasses.asdict(method.config)], sort_keys=True, default=str)
 
 
 def read_sources(paths: list[str | Path]) -> pd.DataFrame:
@@ -164,11 +174,10 @@ def make_folds(data: pd.DataFrame, settings: CVSettings) -> Folds:
     """The folds `settings.by` asks for over `data` (triples with a source column)."""
     if settings.by == "text":
         fold_of = group_folds(data[ORIGINAL].tolist(), settings.folds, settings.seed)
-        # the bare fold count keeps the identity of parts saved before --by existed
-        return Folds(fold_of, [f"fold {k + 1}" for k in range(settings.folds)], "text", settings.folds)
+        return Folds(fold_of, [f"fold {k + 1}" for k in range(settings.folds)], "text")
     if settings.by == "source":
         fold_of, names = source_folds(data[SOURCE].tolist(), data[ORIGINAL].tolist())
-        return Folds(fold_of, names, "source", "source")
+        return Folds(fold_of, names, "source")
     raise DataError(f"--by {settings.by}: expected one of {', '.join(SCHEMES)}")
 
 
@@ -186,42 +195,33 @@ def _digest(data: pd.DataFrame) -> str:
     return text_digest([str(v) for col in (SOURCE, *TRIPLE_COLUMNS) for v in data[col]])
 
 
-class _Memo:
-    """A fitted method whose predictions are remembered, so an ensemble reuses a member scored alone."""
+@dataclass
+class Fitted:
+    """A method fitted on one fold and its answers (None where it abstains) for the fold's held-out pairs."""
 
-    def __init__(self, method):
-        self.method = method
-        self.memory: dict[str, list[str]] = {}
-
-    def __getattr__(self, attr: str):
-        return getattr(self.method, attr)
-
-    def predict(self, pairs: pd.DataFrame) -> list[str]:
-        from promptrec.metric import text_digest
-
-        key = text_digest([str(v) for col in (ID, ORIGINAL, REWRITTEN) for v in pairs[col]])
-        if key not in self.memory:
-            self.memory[key] = self.method.predict(pairs)
-        return self.memory[key]
+    method: Method
+    answers: list[str | None]
 
 
-def _ensemble_config(spec: Spec):
-    """The ensemble config a spec describes (defaults filled in)."""
-    return config_from_dict(EnsembleMethod.Config, dict(spec.options), f"method '{spec.label}'")
-
-
-def _member_keys(config) -> dict[str, str]:
-    """Member label -> model key, as a standalone spec with the same name and options would have it."""
-    return {label: Spec(label, name, dict(config.member_config.get(label, {}))).key
-            for label, name in parse_members(config.members)}
-
-
-def _build(spec: Spec, fitted: dict[str, Any]):
-    """A fresh method for `spec`; an ensemble takes the members already fitted on this fold."""
-    if spec.name != EnsembleMethod.name:
-        return from_name(spec.name, **spec.options)
-    config = _ensemble_config(spec)
-    return EnsembleMethod(config, {label: fitted[key] for label, key in _member_keys(config).items() if key in fitted})
+def fit_and_predict(spec: Spec, train: pd.DataFrame, pairs: pd.DataFrame, fitted: dict[str, Fitted],
+                    work: Path) -> tuple[Fitted, float, float]:
+    """Fit a fresh method for `spec` on `train` (checkpoints beside `work`) and answer `pairs`; a composite adopts
+    the members already in `fitted` (same model key) and reuses their answers. Also returns fit and predict seconds."""
+    method = build(spec)
+    reused = {label: fitted[key] for label, key in spec.members.items() if key in fitted}
+    for label, member in reused.items():
+        method.adopt(label, member.method)
+    checkpoint_beside(method, work)
+    start = time.perf_counter()
+    method.fit(train)
+    fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    if isinstance(method, Composite):
+        answers = method.combine(pairs, {label: reused[label].answers if label in reused else member.predict(pairs)
+                                         for label, member in method.members.items()})
+    else:
+        answers = method.predict(pairs)
+    return Fitted(method, answers), fit_seconds, time.perf_counter() - start
 
 
 def run_cv(data: list[str | Path], methods: list[str], output: str | Path,
@@ -243,35 +243,29 @@ def run_cv(data: list[str | Path], methods: list[str], output: str | Path,
     ensure_writable(output / "parts" / "report.md")
     embedder = load_embedder(embedder) if isinstance(embedder, str) else embedder
     digest = _digest(table)
-    # Members used by an ensemble are fitted once per fold and kept for it; ensembles run last.
-    wanted = {key for spec in specs if spec.name == EnsembleMethod.name
-              for key in _member_keys(_ensemble_config(spec)).values()}
-    ordered = sorted(specs, key=lambda s: s.name == EnsembleMethod.name)
+    # Models a composite also uses are fitted once per fold and kept for it; composites run last.
+    wanted = {key for spec in specs for key in spec.members.values()}
+    ordered = sorted(specs, key=lambda s: bool(s.members))
     oof, timings = [], []
     for fold, fold_name in enumerate(folds.names):
         train = table[folds.of != fold].reset_index(drop=True)
         rows = scored_rows(folds.of, fold, settings.limit, settings.seed)
         test = table.iloc[rows].reset_index(drop=True)
         pairs = test[[ID, ORIGINAL, REWRITTEN]]
-        fitted: dict[str, Any] = {}
+        fitted: dict[str, Fitted] = {}  # model key -> fitted on this fold, for composites
         for spec in ordered:
-            ident = json.dumps([spec.key, fold, folds.identity, settings.seed, settings.limit, digest, embedder.label])
+            scheme = [folds.by, len(folds.names), settings.seed, settings.limit]
+            ident = json.dumps([spec.key, fold, *scheme, digest, embedder.label])
             part = output / "parts" / f"{spec.label}-fold{fold}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}.json"
             cached = part.is_file()
             if cached:
                 record = json.loads(part.read_text(encoding="utf-8"))
             else:
-                method = _build(spec, fitted)
                 work = part.with_suffix("")  # checkpoints of a method killed mid-fit; a rerun continues from them
-                checkpoint_beside(method, work)
-                start = time.perf_counter()
-                method.fit(train)
-                fit_seconds = time.perf_counter() - start
+                done, fit_seconds, predict_seconds = fit_and_predict(spec, train, pairs, fitted, work)
                 if spec.key in wanted:
-                    method = fitted[spec.key] = _Memo(method)
-                start = time.perf_counter()
-                predictions = never_blank(method.predict(pairs))  # as `recover` would submit them
-                predict_seconds = time.perf_counter() - start
+                    fitted[spec.key] = done
+                predictions = never_blank(done.answers)  # abstentions filled, as `recover` would submit them
                 result = score(predictions, test[PROMPT].tolist(), embedder)
                 record = {"label": spec.label, "method": spec.name, "options": spec.options, "fold": fold,
                           "rows": rows.tolist(), "predictions": predictions, "scores": result.per_row.tolist(),

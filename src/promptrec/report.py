@@ -84,7 +84,7 @@ def write_report(result: CVResult) -> None:
         *headline,
         f"- best by mean over {folds.unit}: **{best}** ({stats.loc[best, 'mean']:.4f} [{label}])",
         *(["- an ensemble reuses members that ran alone in the same fold and invocation (same name and options); "
-           "its fit/predict seconds then exclude those members"] if any(s.name == "ensemble" for s in result.specs) else []),
+           "its fit/predict seconds then exclude those members"] if any(s.members for s in result.specs) else []),
         "",
         f"## Scores [{label}]", "", _markdown(main), "",
         f"## Per {'held-out source' if folds.by == 'source' else 'fold'} [{label}]", "", _markdown(per_fold_table), "",
