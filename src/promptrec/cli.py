@@ -216,7 +216,9 @@ def cv(
     data: Annotated[list[Path], typer.Argument(help="triple files (one per rewriter; results are also given per file)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="report folder (report.md, oof.csv, PNG plots)")],
     methods: Methods = "constant",
-    folds: Annotated[int, typer.Option(help="folds, grouped by original_text")] = 5,
+    by: Annotated[str, typer.Option(help="text: K folds grouped by original_text; source: hold out each file in turn "
+                                         "(files sharing original texts together)")] = "text",
+    folds: Annotated[int, typer.Option(help="folds, grouped by original_text (--by text)")] = 5,
     embedder: Embed = "proxy",
     limit: Annotated[int, typer.Option(help="score at most N held-out rows per fold (seeded subsample; 0: all)")] = 0,
     seed: Annotated[int, typer.Option(help="seed of the folds and the subsample")] = 0,
@@ -224,12 +226,14 @@ def cv(
     setting: LabelSet = [],
 ) -> None:
     """Cross-validate methods on leak-free folds and write a report folder; reruns reuse finished folds."""
-    from promptrec.cv import CVSettings, run_cv, summary
+    from promptrec.cv import CVSettings, run_cv
+    from promptrec.report import summary
 
     result = run_cv(data, methods.split(","), output, _labelled_options(config, setting),
-                    CVSettings(folds=folds, seed=seed, limit=limit), embedder, log=say)
+                    CVSettings(folds=folds, seed=seed, limit=limit, by=by), embedder, log=say)
+    over = f"{len(result.folds.names)} {result.folds.unit}"
     for label, row in summary(result).iterrows():
-        say(f"{label}: {row['mean']:.4f} ± {row['std']:.4f} over {folds} folds [{result.label}, {int(row['rows'])} rows]")
+        say(f"{label}: {row['mean']:.4f} ± {row['std']:.4f} over {over} [{result.label}, {int(row['rows'])} rows]")
     say(f"report -> {output / 'report.md'}")
 
 
