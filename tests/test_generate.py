@@ -171,6 +171,21 @@ def test_interrupted_run_resumes_to_the_same_output(tmp_path, sources):
     pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(reference))
 
 
+class NulRewriter(FakeRewriter):
+    """Tiny random models emit byte tokens such as NUL; a CSV holding one cannot be read back."""
+
+    def generate(self, prompts, settings: GenerationSettings) -> list[str]:
+        return [text.replace(" ", "\x00 \x07", 1) for text in super().generate(prompts, settings)]
+
+
+def test_control_characters_from_the_rewriter_never_reach_the_output(tmp_path, sources):
+    out = tmp_path / "o.csv"
+    summary = generate_triples(*sources, out, GenerateConfig(n=3), generator=NulRewriter())
+    kept, attempts, _, identical = _expected(3)
+    assert (summary.kept, summary.attempted, summary.identical) == (3, attempts, identical)
+    assert list(read_table(out, TRIPLE_COLUMNS).rewritten_text) == [f"{p.upper()} {t}" for t, p in kept]
+
+
 def test_bad_n_is_one_line(tmp_path, sources):
     with pytest.raises(DataError, match="--n must be at least 1"):
         generate_triples(*sources, tmp_path / "o.csv", GenerateConfig(n=0), generator=FakeRewriter())
