@@ -301,8 +301,9 @@ def test_cli_training_killed_with_sigkill_resumes_from_its_checkpoint(tiny_lm_di
     config.write_text(json.dumps(options), encoding="utf-8")
     arguments = ["--threads", "1", "train", "lora", str(data), "-o", str(out), "--config", str(config)]
     partial, log = tmp_path / "model.partial", tmp_path / "first.log"
-    # killed once its second checkpoint (update 20) is on disk, wherever the run is then
-    kill_when([sys.executable, "-m", "promptrec", *arguments], log, lambda: (partial / "checkpoint-000001").is_dir())
+    # killed once its second checkpoint (update 20) is on disk and the first one removed, wherever the run is then
+    ready = lambda: (partial / "checkpoint-000001").is_dir() and not (partial / "checkpoint-000000").exists()
+    kill_when([sys.executable, "-m", "promptrec", *arguments], log, ready)
     assert not (out / "method.json").exists()
     [newest] = [p for p in partial.iterdir() if p.name.startswith("checkpoint-") and not p.name.endswith(".tmp")]
     stopped_at = json.loads((newest / "state.json").read_text())["progress"]["updates"]
