@@ -210,5 +210,6 @@ def test_member_folder_holding_another_method_is_refused(tmp_path):
 def test_members_that_checkpoint_are_pointed_beside_the_output(tmp_path):
     ensemble = EnsembleMethod(config_from_dict(EnsembleMethod.Config, {"members": ["constant", "tuned=lora"]}, "t"))
     checkpoint_beside(ensemble, tmp_path / "models")
-    assert ensemble.members["tuned"].config.checkpoint_dir == str(tmp_path / "models" / "tuned.partial")
+    assert ensemble.members["tuned"].checkpoint_folder() == tmp_path / "models" / "tuned.partial"
+    assert ensemble.members["tuned"].config.checkpoint_dir is None  # resume_in never writes into the config
     assert not hasattr(ensemble.members["constant"].config, "checkpoint_dir")
