@@ -11,14 +11,14 @@ Run: `promptrec bench generate`, or `python bench/generate.py [--n 16] [--parall
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-from promptrec.generate import load_sources, truncate
+from promptrec.generate import cut_at_sentence, load_sources
 from promptrec.llm.base import GenerationSettings, load_generator
 from promptrec.llm.templates import chat_messages
+from promptrec.models import thread_count
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FALLBACK = [
@@ -40,7 +40,7 @@ def requests(n: int) -> list[tuple[str, str]]:
 def run(label: str, generator, pairs: list[tuple[str, str]], settings: GenerationSettings) -> dict:
     """Rewrite all pairs in one call and return throughput numbers."""
     count = getattr(generator, "count_tokens", lambda t: len(t) // 4)
-    rendered = [generator.render_chat(chat_messages(truncate(t, 128, count), p)) for t, p in pairs]
+    rendered = [generator.render_chat(chat_messages(cut_at_sentence(t, 128, count), p)) for t, p in pairs]
     start = time.perf_counter()
     generator.generate(rendered, settings)
     seconds = time.perf_counter() - start
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--device", action="store_true", help="also run the transformers backend")
     argv = sys.argv[sys.argv.index("generate") + 1 :] if "generate" in sys.argv else sys.argv[1:]
     args = parser.parse_args(argv)
-    threads = int(os.environ.get("PROMPTREC_THREADS", "0")) or 1
+    threads = thread_count()
     pairs = requests(args.n)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.9, seed=0)
     setups = [

@@ -10,15 +10,14 @@ Run: `promptrec bench lora` or `python bench/lora.py --steps 8 --rows 32 --text-
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, TRIPLE_COLUMNS, read_table
-from promptrec.methods.lora import LoraMethod, LoraSettings, infer_autocast
+from promptrec.llm.hf import infer_autocast
+from promptrec.methods.lora import LoraConfig, LoraMethod
 from promptrec.models import quiet_libraries, set_threads
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gemma_1100.csv"
@@ -39,15 +38,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=3, help="LoRA updates timed (batch 4)")
     parser.add_argument("--rows", type=int, default=16, help="rows generated in each inference mode")
-    parser.add_argument("--text-tokens", type=int, default=0, help="token budget per text (0: the preset's, 48)")
+    parser.add_argument("--text-tokens", type=int, default=LoraConfig.text_tokens, help="token budget per text")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PROMPTREC_THREADS or all cores)")
     args, _ = parser.parse_known_args()  # `promptrec bench lora` leaves its own words in sys.argv
     quiet_libraries()
     threads = set_threads(args.threads or None)
-    settings = LoraSettings(max_steps=args.steps, text_tokens=args.text_tokens or None, val_fraction=0.0,
-                            select_fallback=False)
-    method = LoraMethod(settings,
-                        log=lambda line: None)
+    method = LoraMethod(LoraConfig(max_steps=args.steps, text_tokens=args.text_tokens, val_fraction=0.0,
+                                   select_fallback=False))
     train = _rows(args.steps * method.config.batch_size)
     method.fit(train)
     tokens_per_s = method.history[-1]["train_tokens_per_s"]
@@ -56,7 +53,7 @@ def main() -> None:
     print(f"train: {args.steps} updates x batch {method.config.batch_size}: {tokens_per_s:.0f} tokens/s")
 
     pairs = _rows(args.rows)
-    default_bf16 = infer_autocast(dataclasses.replace(method.config, infer_bf16=None), torch.device("cpu"))
+    default_bf16 = infer_autocast(None, "cpu")
     results = {}
     for bf16 in (False, True):
         method.config.infer_bf16 = bf16

@@ -98,11 +98,11 @@ def main() -> None:
         results = {"best constant": score([constant] * len(test), truth, embedder)}
         for query in ("rewritten", "direction"):
             bank = BankMethod(BankConfig(embedder=args.embedder, bank_files=bank_files, query=query))
-            bank._embedder = embedder
+            bank.embedder = embedder
             bank.fit(train)
             results[f"bank[{query}]"] = score(bank.predict(test), truth, embedder)
         for name, method in regressors.items():
-            method._embedder, method._cache = embedder, shared_cache
+            method.embedder, method._cache = embedder, shared_cache
             start = time.perf_counter()
             method.fit(train)
             report = method.report(test)

@@ -171,3 +171,114 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- tiny random stand-ins for the hub models of configs/ (issue 12): same architecture, local folder ---------
+# Byte-level BPE tokenizers with the real models' special tokens and chat templates; 2 layers, hidden 32.
+_MISTRAL_TEMPLATE = (  # Mistral-7B-Instruct-v0.2's template: user/assistant only, no system turn
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
+)
+_GEMMA_TEMPLATE = (  # gemma-7b-it's template: no system turn, the answer opens with <start_of_turn>model
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}"
+    "{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+
+
+def tiny_causal_lm(root: Path, config, specials: dict[str, str], extra_specials: tuple[str, ...] = (),
+                   chat_template: str | None = None, add_bos: bool = False) -> Path:
+    """Save a randomly initialised causal LM of `config`'s architecture with a byte-level BPE tokenizer whose
+    special tokens (`specials`: role -> token, in id order) match the real model's; returns `root`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    tokens = list(dict.fromkeys([*specials.values(), *extra_specials]))
+    bpe = Tokenizer(models.BPE(unk_token=specials.get("unk_token")))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(_LM_CORPUS + _CORPUS, trainer)
+    if add_bos:  # like the Llama/Gemma tokenizers: BOS in front of every encoded text
+        bos = specials["bos_token"]
+        bpe.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, bpe.token_to_id(bos))])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, additional_special_tokens=list(extra_specials), **specials)
+    tokenizer.chat_template = chat_template
+    ids = {f"{role[:-6]}_token_id": tokenizer.convert_tokens_to_ids(tok) for role, tok in specials.items()
+           if role in ("bos_token", "eos_token", "pad_token")}
+    for name, value in {"vocab_size": len(tokenizer), **ids}.items():
+        setattr(config, name, value)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_phi_dir(tmp_path_factory) -> Path:
+    """A random PhiForCausalLM (microsoft/phi-2's architecture) with phi-2's single special token, no chat template."""
+    from transformers import PhiConfig
+
+    config = PhiConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       max_position_embeddings=2048, partial_rotary_factor=0.5, tie_word_embeddings=False)
+    eot = "<|endoftext|>"
+    return tiny_causal_lm(tmp_path_factory.mktemp("phi"), config, {"bos_token": eot, "eos_token": eot, "unk_token": eot})
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_dir(tmp_path_factory) -> Path:
+    """A random MistralForCausalLM (Mistral-7B-Instruct-v0.2's architecture, GQA) with its chat template."""
+    from transformers import MistralConfig
+
+    config = MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=2048, sliding_window=None)
+    specials = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
+    return tiny_causal_lm(tmp_path_factory.mktemp("mistral"), config, specials, chat_template=_MISTRAL_TEMPLATE,
+                          add_bos=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_dir(tmp_path_factory) -> Path:
+    """A random GemmaForCausalLM (gemma-7b-it's architecture) with its turn tokens and chat template."""
+    from transformers import GemmaConfig
+
+    config = GemmaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, head_dim=8, max_position_embeddings=2048)
+    specials = {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>"}
+    return tiny_causal_lm(tmp_path_factory.mktemp("gemma"), config, specials, ("<start_of_turn>", "<end_of_turn>"),
+                          chat_template=_GEMMA_TEMPLATE, add_bos=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_deberta_dir(tmp_path_factory) -> Path:
+    """A random DebertaV2Model (deberta-v3-large's architecture: relative attention, no absolute positions) with a
+    sentencepiece tokenizer trained here, saved like the hub copy."""
+    import sentencepiece as spm
+    import torch
+    from transformers import DebertaV2Config, DebertaV2Model, DebertaV2Tokenizer
+
+    root = tmp_path_factory.mktemp("deberta")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(_CORPUS), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(root / "spm"), vocab_size=80, hard_vocab_limit=False, pad_id=0,
+        bos_id=1, eos_id=2, unk_id=3, pad_piece="[PAD]", bos_piece="[CLS]", eos_piece="[SEP]", unk_piece="[UNK]",
+        user_defined_symbols=["[MASK]"], minloglevel=2,
+    )
+    tokenizer = DebertaV2Tokenizer(vocab_file=str(root / "spm.model"))
+    torch.manual_seed(0)
+    config = DebertaV2Config(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=64, max_position_embeddings=512, relative_attention=True,
+                             position_buckets=256, norm_rel_ebd="layer_norm", share_att_key=True,
+                             pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0,
+                             pad_token_id=0)
+    out = root / "deberta-v3-large"
+    DebertaV2Model(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

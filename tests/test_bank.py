@@ -107,13 +107,16 @@ PAIRS = pd.DataFrame({
 
 def test_bank_method_queries_rewritten_and_direction():
     method = BankMethod(BankConfig())
-    method._embedder = AxisEmbedder()
+    method.embedder = AxisEmbedder()
     method.fit(PAIRS)
     assert method.predict(PAIRS) == ["b p", "c q", method.predict(PAIRS)[2]]
     method.config.query = "direction"
     # b - a points most towards b; c - b towards c; "" (all axes) - a points away from a, towards b/c/d
     preds = method.predict(PAIRS)
     assert preds[:2] == ["b p", "c q"] and preds[2] != "" and all(p.strip() for p in preds)
+    half = np.sqrt(0.5)  # the direction query is the unit shift: b - a, c - b, then (0.5, 0.5, 0.5, 0.5) - a
+    assert method.queries(PAIRS) == pytest.approx(np.array(
+        [[-half, half, 0, 0], [0, -half, half, 0], [-0.5, 0.5, 0.5, 0.5]]), abs=1e-6)
 
 
 def test_bank_config_rejects_bad_query():
@@ -134,3 +137,27 @@ def test_bank_method_save_load_and_dimension_check(tmp_path, tiny_t5_embedder_di
     assert config["method"] == "bank"
     with pytest.raises(DataError, match="saved for 4-dim embeddings but embedder .* gives 768"):
         load_method(tmp_path / "m")
+
+
+def test_bank_file_cache_folder_follows_config_then_environment_then_home(tmp_path, monkeypatch):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a one\nb two\n", encoding="utf-8")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PROMPTREC_CACHE", "")  # blank means unset, as everywhere else
+    PromptBank.from_file(path, AxisEmbedder())
+    monkeypatch.setenv("PROMPTREC_CACHE", str(tmp_path / "env"))
+    PromptBank.from_file(path, AxisEmbedder())
+    PromptBank.from_file(path, AxisEmbedder(), tmp_path / "chosen")
+    for root in ("home/.cache/promptrec", "env", "chosen"):
+        assert [p.suffix for p in sorted((tmp_path / root / "bank").iterdir())] == [".json", ".npy"]
+
+
+def test_a_saved_bank_is_not_loaded_as_another_method(tmp_path):
+    from promptrec.methods.regressor import RegressorMethod
+
+    method = BankMethod(BankConfig())
+    method.embedder = AxisEmbedder()
+    method.fit(PAIRS)
+    method.save(tmp_path / "m")
+    with pytest.raises(DataError, match=r"holds a saved 'bank' method, not 'regressor'"):
+        RegressorMethod.load(tmp_path / "m")

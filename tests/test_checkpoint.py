@@ -77,6 +77,13 @@ def test_manifest_guards_the_run(tmp_path):
         checkpoint.open_run(folder, {})
 
 
+def test_manifest_guard_names_the_kind_of_run(tmp_path):
+    checkpoint.open_run(tmp_path / "gen.partial", {"seed": 0, "texts": "ab"}, kind="run")
+    with pytest.raises(DataError, match=r"gen.partial: an unfinished run with other arguments \(seed: 0, now 1\); "
+                                        r"re-run with the same arguments to continue it, or delete the folder"):
+        checkpoint.open_run(tmp_path / "gen.partial", {"seed": 1, "texts": "ab"}, kind="run")
+
+
 def test_unreadable_checkpoint_is_one_line(tmp_path):
     checkpoint.write(tmp_path, {"x": torch.zeros(2)}, {})
     (tmp_path / "checkpoint-000000" / "tensors.safetensors").write_bytes(b"garbage")

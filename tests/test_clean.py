@@ -23,6 +23,7 @@ CASES = [
     ("**Bold Title**\n\nBody.", "Bold Title\n\nBody.", ["heading_markup"]),
     ("One.\n\n\n\nTwo.", "One.\n\nTwo.", ["blank_lines"]),
     ("  padded  ", "padded", ["strip_whitespace"]),
+    ("A\x00 b\x07c\x1b\x7f.\r\n\tD", "A bc.\r\n\tD", ["control_chars"]),
     ("A plain rewrite that mentions here is: a colon later.", "A plain rewrite that mentions here is: a colon later.", []),
     (None, "", []),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,8 @@ from conftest import EXAMPLES, shared_file
 from promptrec.cli import app, main
 
 BAD = sorted(p for p in (Path(__file__).parent / "data" / "bad").iterdir() if not p.name.startswith("ok_"))
-VERBS = ["clean", "embed", "score", "recover", "train", "methods", "bench"]
+VERBS = ["clean", "embed", "score", "recover", "train", "methods", "bench", "cv", "optimize-prompt", "fit", "generate",
+         "regressor-report"]
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -26,9 +28,23 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 
 def test_verbs_and_help(capsys):
     names = [c.name or c.callback.__name__ for c in app.registered_commands]
-    assert names[: len(VERBS)] == VERBS
+    assert names == VERBS
     code, out, _ = run(capsys, "--help")
-    assert code == 0 and all(verb in out for verb in VERBS)
+    commands = out[out.index("Commands"):]
+    listed = {m.group(1): m.group(2) for m in re.finditer(r"^│ ([a-z][a-z-]*) +(\S.*?)\s*│$", commands, re.M)}
+    assert code == 0 and set(listed) == set(VERBS)
+    assert listed["train"].startswith("Train ONE method") and listed["fit"].startswith("Train EVERY member")
+
+
+def test_fit_logs_each_member_on_stderr_and_warns_in_one_line(capsys, tmp_path):
+    data = tmp_path / "train.csv"
+    pd.DataFrame({"id": ["1", "2"], "original_text": ["a", ""], "rewrite_prompt": ["p", "q"],
+                  "rewritten_text": ["A", "B"]}).to_csv(data, index=False)
+    code, out, err = run(capsys, "fit", data, "-m", "constant,shout=constant", "-o", tmp_path / "m")
+    assert code == 0 and out == f"saved ensemble (concat; members constant, shout) -> {tmp_path / 'm'}\n"
+    lines = err.splitlines()
+    assert lines[0] == f"warning: {data}, row 2, column 'original_text': empty text (the row still gets a prediction)"
+    assert [line.split(" in ")[0] for line in lines[1:]] == ["fitted constant", "fitted shout"]
 
 
 @pytest.mark.parametrize("bad", BAD, ids=lambda p: p.name)

@@ -1,4 +1,5 @@
-"""Cross-validation: folds never leak an original text, report files and tables, reruns reuse parts, CLI verbs."""
+"""Cross-validation: folds never leak an original text (pooled or one source held out at a time), report files and
+tables, reruns reuse parts, CLI verbs."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import shared_file
 from hypothesis import given, settings, strategies as st
 
-from promptrec.cv import CVSettings, group_folds, parse_specs, read_sources, run_cv, scored_rows
-from promptrec.data import DataError
-from promptrec.methods.base import METHODS, save_config
+from promptrec.cv import (
+    CVSettings, group_folds, make_folds, parse_specs, read_sources, run_cv, scored_rows, source_folds,
+)
+from promptrec.data import DataError, held_out
+from promptrec.methods.base import FALLBACK_PROMPT, METHODS, save_config
 
 SEEN: dict[str, list] = {"fits": [], "predicts": [], "checkpoints": []}
 
@@ -23,6 +27,7 @@ class LeakConfig:
     """Options of the in-test leak-checking method."""
 
     answer: str = "pirate"  # the prompt predicted for every row
+    abstain: bool = False  # answer None on every other row (the 2nd, 4th, ...), as a method without evidence would
     checkpoint_dir: str | None = None  # set by cv; fit leaves a folder there, as a method killed mid-fit would
 
 
@@ -51,7 +56,7 @@ class LeakCheckMethod:
         SEEN["predicts"].append(self.config.answer)
         leaked = self.originals & set(pairs["original_text"].str.strip())
         assert not leaked, f"original text in train and test: {sorted(leaked)[:1]}"
-        return [self.config.answer] * len(pairs)
+        return [None if self.config.abstain and i % 2 else self.config.answer for i in range(len(pairs))]
 
     def save(self, folder: Path) -> None:
         save_config(Path(folder), self.name, self.config)
@@ -68,11 +73,12 @@ def _register(monkeypatch):
         seen.clear()
 
 
-def _triples(path: Path, prefix: str, rows: int, prompts: list[str]) -> Path:
-    """A triple file whose originals repeat (every 3 rows share one) to exercise grouping."""
+def _triples(path: Path, prefix: str, rows: int, prompts: list[str], topic: str = "text") -> Path:
+    """A triple file whose originals repeat (every 3 rows share one) to exercise grouping; files with the same
+    `topic` share original texts."""
     pd.DataFrame({
         "id": [f"{prefix}{i}" for i in range(rows)],
-        "original_text": [f"text number {i // 3}" + (" " if i % 2 else "") for i in range(rows)],
+        "original_text": [f"{topic} number {i // 3}" + (" " if i % 2 else "") for i in range(rows)],
         "rewrite_prompt": [prompts[i % len(prompts)] for i in range(rows)],
         "rewritten_text": [f"rewritten {i}" for i in range(rows)],
     }).to_csv(path, index=False)
@@ -100,6 +106,54 @@ def test_group_folds_strips_and_balances():
     assert sorted(np.bincount(fold_of).tolist()) == [3, 3]
 
 
+def test_one_grouping_serves_cv_folds_and_held_out():
+    keys = ["a", "a ", " b", "b", "\tc", "c"]  # the same three texts, spaced differently
+    fold_of = group_folds(keys, 3, seed=0)
+    assert fold_of[0] == fold_of[1] and fold_of[2] == fold_of[3] and fold_of[4] == fold_of[5]
+    for seed in range(5):
+        mask = held_out(keys, 1 / 3, seed)
+        assert mask.sum() == 2 and mask[0::2].tolist() == mask[1::2].tolist()
+
+
+def test_source_folds_hold_out_files_sharing_texts_together():
+    sources = ["a", "a", "b", "b", "c", "c", "d", "d", "e"]
+    originals = ["x", "y", "z", "", "y ", "w", "v", "", " v"]  # a-c share "y", d-e share "v"; blanks tie nothing
+    fold_of, names = source_folds(sources, originals)
+    assert names == ["a + c", "b", "d + e"]
+    assert fold_of.tolist() == [0, 0, 1, 1, 0, 0, 2, 2, 2]
+    with pytest.raises(DataError, match=r"--by source: needs two or more files that share no .* \(got: a \+ b\)"):
+        source_folds(["a", "b"], ["x", " x"])
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 9)), min_size=2, max_size=60))
+@settings(max_examples=60, deadline=None)
+def test_source_folds_hold_out_every_file_once_and_never_leak(rows):
+    sources, originals = [f"f{s}.csv" for s, _ in rows], [f"t{t}" for _, t in rows]
+    files = list(dict.fromkeys(sources))
+    try:
+        fold_of, names = source_folds(sources, originals)
+    except DataError:
+        return  # every file is tied to every other: nothing to hold out
+    held = [name.split(" + ") for name in names]
+    assert sorted(f for group in held for f in group) == sorted(files)  # each file held out exactly once
+    for fold, group in enumerate(held):
+        assert {s for s, k in zip(sources, fold_of) if k == fold} == set(group)
+        inside = {o for o, k in zip(originals, fold_of) if k == fold}
+        assert inside.isdisjoint(o for o, k in zip(originals, fold_of) if k != fold)
+
+
+def test_real_gemma_samplings_are_held_out_together():
+    names = ["gemma_1100.csv", "gemma_rerun_994.csv", "dolly_gemini_500.csv", "gpt35_1080.csv", "llama3_456.csv",
+             "gemma_wiki_2977.csv"]
+    table = read_sources([shared_file(name) for name in names])
+    folds = make_folds(table, CVSettings(by="source"))
+    assert folds.names == ["gemma_1100.csv + gemma_rerun_994.csv", "dolly_gemini_500.csv", "gpt35_1080.csv",
+                           "llama3_456.csv", "gemma_wiki_2977.csv"]
+    assert np.bincount(folds.of).tolist() == [1100 + 994, 500, 1080, 456, 2977]
+    with pytest.raises(DataError, match="--by pooled: expected one of text, source"):
+        make_folds(table, CVSettings(by="pooled"))
+
+
 def test_scored_rows_limit_is_a_seeded_subset():
     fold_of = np.array([0, 1] * 10)
     assert scored_rows(fold_of, 1, 0, 0).tolist() == list(range(1, 20, 2))
@@ -113,7 +167,8 @@ def test_specs_and_sources_are_checked(tmp_path):
     assert [(s.label, s.name, s.options) for s in specs] == [("constant", "constant", {}), ("b", "constant", {"prompt": "x"})]
     with pytest.raises(DataError, match="not among the methods"):
         parse_specs(["constant"], {"zzz": {}})
-    with pytest.raises(DataError, match="method 'e', member 'x': unknown option 'colour'"):
+    # building the ensemble checks its members' options; the ensemble words the member's part of the message
+    with pytest.raises(DataError, match=r"^method 'e': .*unknown option 'colour'"):
         parse_specs(["e=ensemble"], {"e": {"members": ["x=constant"], "member_config": {"x": {"colour": 1}}}})
     one = _triples(tmp_path / "a.csv", "a", 6, ["p"])
     (tmp_path / "sub").mkdir()
@@ -155,6 +210,21 @@ def test_run_cv_writes_the_report(tmp_path, word_embedder):
     assert result.label == "fixture (4 words)"
 
 
+def test_composites_reuse_members_by_model_key_and_fill_abstentions(tmp_path, word_embedder):
+    data = _triples(tmp_path / "d.csv", "d", 12, ["pirate", "short"])
+    options = {"quiet": {"abstain": True}, "short": {"answer": "short"},
+               "ens": {"members": ["q=leakcheck", "s=leakcheck"], "mode": "concat",
+                       "member_config": {"q": {"abstain": True}, "s": {"answer": "short"}}}}
+    result = run_cv([data], ["quiet=leakcheck", "short=leakcheck", "ens=ensemble"], tmp_path / "r", options,
+                    CVSettings(folds=2), word_embedder)
+    # members match the standalone runs by name and config, not by label: fitted and asked once per fold
+    assert sorted(SEEN["fits"]) == sorted(SEEN["predicts"]) == ["pirate", "pirate", "short", "short"]
+    by_method = result.oof.groupby("method", sort=False)["prediction"].apply(list).to_dict()
+    assert by_method["quiet"] == ["pirate", FALLBACK_PROMPT] * 6  # an abstention is filled as recover would
+    # where q abstains, the ensemble's first answering member (s) stands in, and the join drops the repeat
+    assert by_method["ens"] == ["pirate short", "short"] * 6
+
+
 def test_rerun_reuses_parts_and_limit_subsamples(tmp_path, word_embedder):
     data = _triples(tmp_path / "d.csv", "d", 30, ["pirate", "poem"])
     run = lambda **kw: run_cv([data], ["leakcheck"], tmp_path / "r", {}, CVSettings(folds=2, **kw), word_embedder)
@@ -167,6 +237,49 @@ def test_rerun_reuses_parts_and_limit_subsamples(tmp_path, word_embedder):
     assert "limit 4 held-out rows per fold" in (tmp_path / "r" / "report.md").read_text()
     part = json.loads(next((tmp_path / "r" / "parts").glob("*.json")).read_text())
     assert part["embedder"] == "fixture (4 words)" and len(part["predictions"]) == len(part["scores"])
+
+
+def test_run_cv_by_source_reports_each_held_out_source(tmp_path, word_embedder):
+    files = [_triples(tmp_path / "a.csv", "a", 12, ["pirate", "poem", "poem"], topic="alpha"),
+             _triples(tmp_path / "b.csv", "b", 6, ["short"], topic="alpha"),  # shares texts with a.csv
+             _triples(tmp_path / "c.csv", "c", 9, ["pirate", "short", "short"], topic="gamma")]
+    options = {"pirate": {"prompt": "pirate"}, "short": {"prompt": "short"}}
+    result = run_cv(files, ["pirate=constant", "short=constant"], tmp_path / "r", options, CVSettings(by="source"),
+                    word_embedder)
+    assert result.folds.names == ["a.csv + b.csv", "c.csv"] and result.folds.unit == "held-out sources"
+    folds = result.oof.groupby("method")["fold"].apply(list).to_dict()
+    assert folds == {"pirate": [0] * 18 + [1] * 9, "short": [0] * 18 + [1] * 9}
+    report = (tmp_path / "r" / "report.md").read_text()
+    # pirate: 4 of 18 rows right when a+b are held out, 3 of 9 for c; short: 6 of 18, 6 of 9
+    for table in (
+        ["## Scores [fixture (4 words)]", "",
+         "| method | name | score [fixture (4 words)] mean ± std over held-out sources | pooled | rows | fit s "
+         "| predict s |",
+         "|---|---|---|---|---|---|---|"],
+        ["## Per held-out source [fixture (4 words)]", "", "| method | a.csv + b.csv | c.csv |", "|---|---|---|",
+         "| pirate | 0.2222 | 0.3333 |", "| short | 0.3333 | 0.6667 |"],
+        ["## Per source file (pooled over folds) [fixture (4 words)]", "", "| method | a.csv | b.csv | c.csv |",
+         "|---|---|---|---|", "| pirate | 0.3333 | 0.0000 | 0.3333 |", "| short | 0.0000 | 1.0000 | 0.6667 |"],
+    ):
+        assert "\n".join(table) in report
+    assert "| pirate | constant | 0.2778 ± 0.0786 | 0.2593 | 27 |" in report
+    assert "| short | constant | 0.5000 ± 0.2357 | 0.4444 | 27 |" in report
+    assert "held out: a.csv + b.csv (18 rows), c.csv (9 rows)" in report
+    assert "- best by mean over held-out sources: **short** (0.5000 [fixture (4 words)])" in report
+
+
+def test_fold_scheme_is_part_of_each_part_identity(tmp_path, word_embedder):
+    files = [_triples(tmp_path / "a.csv", "a", 12, ["pirate"], topic="alpha"),
+             _triples(tmp_path / "b.csv", "b", 6, ["poem"], topic="alpha"),
+             _triples(tmp_path / "c.csv", "c", 9, ["short"], topic="gamma")]
+    run = lambda **kw: run_cv(files, ["leakcheck"], tmp_path / "r", {}, CVSettings(**kw), word_embedder)
+    run(by="source")  # leakcheck fails if a.csv and b.csv land on different sides
+    assert len(SEEN["fits"]) == 2 and run(by="source").timings["cached"].all() and len(SEEN["fits"]) == 2
+    limited = run(by="source", limit=4)
+    assert len(SEEN["fits"]) == 4 and len(limited.oof) == 8
+    pooled = run(by="text", folds=2)
+    assert len(SEEN["fits"]) == 6 and not pooled.timings["cached"].any()
+    assert len(list((tmp_path / "r" / "parts").glob("*.json"))) == 6
 
 
 def test_fits_checkpoint_beside_their_part_which_clears_them(tmp_path, word_embedder):
@@ -183,6 +296,18 @@ def test_fits_checkpoint_beside_their_part_which_clears_them(tmp_path, word_embe
     assert [p for p in parts.iterdir() if p.is_dir()] == []  # removed once each part is written
 
 
+def test_cli_fold_scheme_errors_in_one_line(capsys, tmp_path):
+    from promptrec.cli import main
+
+    data = _triples(tmp_path / "t.csv", "t", 6, ["p"])
+    for by, message in (("pooled", "--by pooled: expected one of text, source"),
+                        ("source", "--by source: needs two or more files that share no original text (got: t.csv)")):
+        with pytest.raises(SystemExit) as stop:
+            main(["cv", str(data), "--by", by, "-m", "constant", "-o", str(tmp_path / "r")])
+        assert stop.value.code == 2 and capsys.readouterr().err.strip() == f"error: {message}"
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow
 def test_cli_cv_fit_recover_and_optimize(tmp_path):
     from typer.testing import CliRunner
@@ -195,6 +320,12 @@ def test_cli_cv_fit_recover_and_optimize(tmp_path):
                                "--set", "best.select=true", "-o", str(tmp_path / "cv")])
     assert done.exit_code == 0, done.output
     assert "best: " in done.output and "[proxy (all-MiniLM-L6-v2), 24 rows]" in done.output
+    other = _triples(tmp_path / "u.csv", "u", 9, ["Write it as a poem."], topic="other")
+    done = runner.invoke(app, ["--threads", "1", "cv", str(data), str(other), "--by", "source",
+                               "-o", str(tmp_path / "s")])
+    assert done.exit_code == 0, done.output
+    assert "over 2 held-out sources [proxy (all-MiniLM-L6-v2), 33 rows]" in done.output
+    assert "fold 2/2 (held out: u.csv) constant: " in done.output
     (tmp_path / "opts.yaml").write_text("best: {select: true}\nensemble:\n  mode: concat\n")
     done = runner.invoke(app, ["fit", str(data), "-o", str(tmp_path / "models"), "-m", "constant,best=constant",
                                "--config", str(tmp_path / "opts.yaml")])

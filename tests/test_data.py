@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from promptrec.data import (
-    TRIPLE_COLUMNS, DataError, atomic_write, held_out, read_table, read_texts, write_submission, write_table,
+    TRIPLE_COLUMNS, DataError, atomic_write, held_out, key_groups, read_table, read_texts, write_submission,
+    write_table,
 )
 
 BAD = Path(__file__).parent / "data" / "bad"
@@ -169,3 +170,11 @@ def test_held_out_keeps_each_key_on_one_side():
     assert mask.sum() == 4 and {k for k, m in zip(keys, mask) if m}.isdisjoint(k for k, m in zip(keys, mask) if not m)
     assert (held_out(keys, 0.4, seed=1) == mask).all() and not held_out(keys, 0.0, seed=1).any()
     assert held_out(keys, 1.0, seed=1).all()
+
+
+def test_held_out_groups_keys_that_differ_only_in_surrounding_space():
+    keys = ["a", " a", "b\n", "b", "c", "c "]
+    assert key_groups(keys) == {"a": [0, 1], "b": [2, 3], "c": [4, 5]}
+    for seed in range(4):
+        mask = held_out(keys, 1 / 3, seed)
+        assert mask.sum() == 2 and mask[0::2].tolist() == mask[1::2].tolist()

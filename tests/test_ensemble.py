@@ -14,7 +14,8 @@ from promptrec.data import DataError
 from promptrec.methods.base import (
     METHODS, checkpoint_beside, config_from_dict, from_name, load_method, read_config, save_config,
 )
-from promptrec.methods.ensemble import EnsembleMethod, candidate_subsets, fit_ensemble, join_prompts, parse_members
+from promptrec.methods.ensemble import EnsembleMethod, candidate_subsets, join_prompts, parse_members
+from promptrec.pipeline import fit_ensemble
 
 
 @dataclass
@@ -132,6 +133,8 @@ def test_member_specs_are_checked():
         from_name("ensemble", members=["constant"], member_config={"other": {}})
     with pytest.raises(DataError, match="mode 'vote'"):
         from_name("ensemble", mode="vote")
+    with pytest.raises(DataError, match="reference 'median'"):
+        config_from_dict(EnsembleMethod.Config, {"reference": "median"}, "t")  # the config checks itself
 
 
 def test_fit_fits_members_but_not_prefit_ones(word_embedder):
@@ -178,12 +181,35 @@ def test_fit_ensemble_saves_a_recoverable_model(tmp_path):
 def test_fit_optimises_a_suffix_on_the_training_prompts(word_embedder):
     method = _ensemble(word_embedder, mode="concat", members=["c=column"], suffix_steps=3)
     method.fit(PAIRS.assign(rewrite_prompt=["pirate", "pirate"]))
-    assert method.config.suffix == "pirate"  # the best training prompt already scores 1.0; pruning keeps it
+    assert method.suffix == "pirate"  # the best training prompt already scores 1.0; pruning keeps it
+    assert method.config.suffix == ""  # learned state, not written into the config
     assert method.predict(PAIRS) == ["formal pirate", "formal pirate"]
+
+
+def test_learned_suffix_is_saved_as_state_and_loaded(tmp_path, word_embedder):
+    method = _ensemble(word_embedder, mode="concat", members=["c=column"], suffix="poem", suffix_steps=3)
+    method.fit(PAIRS.assign(rewrite_prompt=["pirate", "pirate"]))
+    method.save(tmp_path / "ens")
+    payload = json.loads((tmp_path / "ens" / "method.json").read_text())
+    assert payload["config"]["suffix"] == "poem" and payload["state"] == {"suffix": "pirate"}
+    loaded = load_method(tmp_path / "ens")
+    assert loaded.suffix == "pirate" and loaded.predict(PAIRS) == ["formal pirate", "formal pirate"]
+    loaded.config.suffix_steps = 0
+    loaded.fit(PAIRS.assign(rewrite_prompt=["x", "x"]))  # a refit without optimisation falls back to config.suffix
+    assert loaded.predict(PAIRS) == ["formal poem", "formal poem"]
+
+
+def test_member_folder_holding_another_method_is_refused(tmp_path):
+    folder = tmp_path / "ens"
+    from_name("ensemble", members=["a=constant"]).save(folder)
+    from_name("ensemble", members=["constant"]).save(folder / "a")  # an ensemble where a constant belongs
+    with pytest.raises(DataError, match=r"a: holds a saved 'ensemble' method, not 'constant'$"):
+        load_method(folder)
 
 
 def test_members_that_checkpoint_are_pointed_beside_the_output(tmp_path):
     ensemble = EnsembleMethod(config_from_dict(EnsembleMethod.Config, {"members": ["constant", "tuned=lora"]}, "t"))
     checkpoint_beside(ensemble, tmp_path / "models")
-    assert ensemble.members["tuned"].config.checkpoint_dir == str(tmp_path / "models" / "tuned.partial")
+    assert ensemble.members["tuned"].checkpoint_folder() == tmp_path / "models" / "tuned.partial"
+    assert ensemble.members["tuned"].config.checkpoint_dir is None  # resume_in never writes into the config
     assert not hasattr(ensemble.members["constant"].config, "checkpoint_dir")

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from promptrec.data import DataError
-from promptrec.methods.base import from_name, load_method
 from promptrec.clean import parse_generation
+from promptrec.data import DataError
+from promptrec.llm.templates import head_tail
+from promptrec.methods.base import FALLBACK_PROMPT, from_name, load_method
 from promptrec.methods.fewshot import (
-    capitalize,
-    Example, ExampleIndex, FewShotConfig, FewShotMethod, completion_prompt, truncate,
+    Example, ExampleIndex, FewShotConfig, FewShotMethod, capitalize, completion_prompt,
 )
 
 VOCAB = ["pirate", "poem", "formal", "summary", "cat", "dog", "sea", "office"]
@@ -36,6 +38,14 @@ class ChatMLGenerator:
         self.answers = answers
         self.prompts: list[str] = []
         self.settings = None
+        self.vocab: dict[str, int] = {}  # its tokens are whitespace words, so budgets below count words
+
+    def tokenize(self, text):
+        return [self.vocab.setdefault(word, len(self.vocab)) for word in text.split()]
+
+    def detokenize(self, ids):
+        words = {i: word for word, i in self.vocab.items()}
+        return " ".join(words[i] for i in ids)
 
     def render_chat(self, messages):
         body = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
@@ -130,14 +140,14 @@ def test_completion_template_exact_string_for_base_model():
     assert method.generator.settings.stop == ("\n",)
 
 
-def test_truncate_keeps_head_and_tail():
+def test_head_tail_keeps_head_and_tail():
     words = " ".join(f"w{i}" for i in range(10))
-    assert truncate(words, 4) == "w0 w1 [...] w8 w9"
-    assert truncate(words, 5) == "w0 w1 w2 [...] w8 w9"
-    assert truncate(words, 10) == words
-    assert truncate(words, 0) == words
+    assert head_tail(words, 4) == "w0 w1 [...] w8 w9"
+    assert head_tail(words, 5) == "w0 w1 w2 [...] w8 w9"
+    assert head_tail(words, 10) == words
+    assert head_tail(words, 0) == words
     chars = "abcdefghij"  # any tokenizer: characters here
-    assert truncate(chars, 4, list, "".join) == "ab [...] ij"
+    assert head_tail(chars, 4, list, "".join) == "ab [...] ij"
 
 
 def test_truncation_budget_applies_to_examples_and_query():
@@ -171,8 +181,8 @@ def test_retrieved_shots_put_the_closest_example_last():
 def test_fixed_examples_picked_by_fit_are_distinct_prompts():
     method = _method(k=3, selection="fixed", select_fallback=False)
     method.fit(_triples())
-    prompts = [method.index.examples.set_index("id").loc[i, "rewrite_prompt"] for i in method.config.fixed_ids]
-    assert len(method.config.fixed_ids) == 3 and len(set(prompts)) == 3
+    prompts = [method.index.examples.set_index("id").loc[i, "rewrite_prompt"] for i in method.fixed_ids]
+    assert len(method.fixed_ids) == 3 and len(set(prompts)) == 3
 
 
 MESSY = [
@@ -206,7 +216,7 @@ def test_never_blank_falls_back_to_best_constant():
     generator = ChatMLGenerator(["", "Instruction: \"\"", "Make it a poem please."])
     method = _method(generator, k=1)
     method.fit(_triples())
-    assert method.config.fallback_prompt == "Rewrite as a pirate."  # the only prompt occurring twice
+    assert method.fallback_prompt == "Rewrite as a pirate."  # the only prompt occurring twice
     pairs = pd.DataFrame({"original_text": ["a", "b", "c"], "rewritten_text": ["x", "y", "z"]})
     assert method.predict(pairs) == ["Rewrite as a pirate.", "Rewrite as a pirate.", "Make it a poem please."]
     assert method.fallbacks == 2
@@ -226,6 +236,10 @@ def test_predict_before_fit_is_a_one_line_error():
 def test_bad_options_are_rejected():
     with pytest.raises(DataError, match="selection"):
         FewShotMethod(FewShotConfig(selection="random"))
+    with pytest.raises(DataError, match="fewshot: k must be at least 1, not 0"):
+        from_name("fewshot", k=0)
+    with pytest.raises(DataError, match=r"fewshot: diff_weight must lie in \[0, 1\], not 1.5"):
+        from_name("fewshot", diff_weight=1.5)
     with pytest.raises(DataError, match="unknown option 'kk'"):
         from_name("fewshot", kk=3)
 
@@ -240,12 +254,40 @@ def test_save_load_round_trip(tmp_path):
     loaded = load_method(tmp_path)
     assert isinstance(loaded, FewShotMethod)
     assert loaded.config == method.config
+    assert loaded.fixed_ids == method.fixed_ids and len(method.fixed_ids) == 2
+    assert loaded.fallback_prompt == method.fallback_prompt == "Rewrite as a pirate."
+    saved = json.loads((tmp_path / "method.json").read_text(encoding="utf-8"))
+    assert saved["config"]["fixed_ids"] == [] and saved["config"]["fallback_prompt"] == FALLBACK_PROMPT
+    assert saved["state"] == {"fixed_ids": method.fixed_ids, "fallback_prompt": "Rewrite as a pirate."}
     pd.testing.assert_frame_equal(loaded.index.examples, method.index.examples)
     np.testing.assert_array_equal(loaded.index.rewritten_emb, method.index.rewritten_emb)
     np.testing.assert_array_equal(loaded.index.diff_emb, method.index.diff_emb)
     loaded.embedder, loaded.generator = BagOfWords(), ChatMLGenerator()
     pairs = pd.DataFrame({"original_text": ["a cat"], "rewritten_text": ["a pirate cat"]})
     assert loaded.inputs(pairs) == method.inputs(pairs)
+
+
+def test_refit_of_a_loaded_method_relearns_fixed_examples_and_fallback(tmp_path):
+    method = _method(k=2, selection="fixed")
+    method.fit(_triples())
+    method.save(tmp_path)
+    loaded = load_method(tmp_path)
+    loaded.embedder, loaded.generator = BagOfWords(), ChatMLGenerator()
+    fresh = pd.DataFrame([
+        ("n0", "The office.", "Make it formal.", "The office, formal."),
+        ("n1", "The dog.", "Make it a poem.", "A dog poem, a poem."),
+        ("n2", "Hi.", "Make it formal.", "Formal greetings."),
+    ], columns=["id", "original_text", "rewrite_prompt", "rewritten_text"])
+    loaded.fit(fresh)  # the old ids (t*) are not in these rows: a stale pick would fail or show old examples
+    assert sorted(loaded.fixed_ids) == ["n0", "n1"] and loaded.config.fixed_ids == []
+    assert loaded.fallback_prompt == "Make it formal."
+    shots = loaded.shots(pd.DataFrame({"original_text": ["a"], "rewritten_text": ["b"]}))[0]
+    assert sorted(e.prompt for e in shots) == ["Make it a poem.", "Make it formal."]
+
+
+def test_configured_fixed_id_missing_from_the_data_fails_at_fit():
+    with pytest.raises(DataError, match="fewshot: fixed example id 'zz' is not in the training set"):
+        _method(k=1, selection="fixed", fixed_ids=["zz"]).fit(_triples())
 
 
 @pytest.mark.slow

@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 
 from promptrec.data import TRIPLE_COLUMNS, DataError, read_table
-from promptrec.generate import GenerateConfig, generate_triples, load_sources, pair_stream, trim_unfinished, truncate
+from promptrec.generate import (
+    GenerateConfig, cut_at_sentence, generate_triples, load_sources, pair_stream, trim_unfinished,
+)
 from promptrec.llm.base import GenerationSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,13 +79,13 @@ def _expected(n: int, seed: int = 0) -> tuple[list[tuple[str, str]], int, int, i
     return kept, attempts, empty, identical
 
 
-def test_truncate_at_sentence_boundary():
+def test_cut_at_sentence_boundary():
     text = "One two. Three four five! Six seven eight nine? Ten."
-    assert truncate(text, 100, len) == text
-    assert truncate(text, 30, len) == "One two. Three four five!"
-    assert truncate(text, 10, len) == "One two."
-    assert truncate("A very long first sentence without end", 12, len) == "A very long"
-    assert truncate("Paragraph one\n\nParagraph two is here", 20, len) == "Paragraph one"
+    assert cut_at_sentence(text, 100, len) == text
+    assert cut_at_sentence(text, 30, len) == "One two. Three four five!"
+    assert cut_at_sentence(text, 10, len) == "One two."
+    assert cut_at_sentence("A very long first sentence without end", 12, len) == "A very long"
+    assert cut_at_sentence("Paragraph one\n\nParagraph two is here", 20, len) == "Paragraph one"
 
 
 def test_trim_unfinished_last_sentence():
@@ -167,6 +169,21 @@ def test_interrupted_run_resumes_to_the_same_output(tmp_path, sources):
     assert summary.resumed == 4
     assert resumed.seeds[0] == 4  # per-row seeds continue the stream: first attempt of this run is #4
     pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(reference))
+
+
+class NulRewriter(FakeRewriter):
+    """Tiny random models emit byte tokens such as NUL; a CSV holding one cannot be read back."""
+
+    def generate(self, prompts, settings: GenerationSettings) -> list[str]:
+        return [text.replace(" ", "\x00 \x07", 1) for text in super().generate(prompts, settings)]
+
+
+def test_control_characters_from_the_rewriter_never_reach_the_output(tmp_path, sources):
+    out = tmp_path / "o.csv"
+    summary = generate_triples(*sources, out, GenerateConfig(n=3), generator=NulRewriter())
+    kept, attempts, _, identical = _expected(3)
+    assert (summary.kept, summary.attempted, summary.identical) == (3, attempts, identical)
+    assert list(read_table(out, TRIPLE_COLUMNS).rewritten_text) == [f"{p.upper()} {t}" for t, p in kept]
 
 
 def test_bad_n_is_one_line(tmp_path, sources):

@@ -7,7 +7,8 @@ import importlib.util
 import pytest
 
 from promptrec.data import DataError
-from promptrec.llm.base import BACKENDS, GenerationSettings, cut_at_stop, load_generator
+from promptrec.llm.base import BACKENDS, GenerationSettings, cut_at_stop, default_backend, load_generator
+from promptrec.models import OFFLINE_LLMS
 from promptrec.llm.templates import FEWSHOT_STOP, chat_messages, fewshot_prompt
 
 GREEDY = GenerationSettings(max_new_tokens=6, temperature=0.0)
@@ -41,6 +42,13 @@ def test_registry_and_unknown_backend():
     assert set(BACKENDS) == {"llamacpp", "hf", "vllm"}
     with pytest.raises(DataError, match="unknown LLM backend 'nope'.*hf, llamacpp, vllm"):
         load_generator("x", backend="nope")
+
+
+def test_default_backend_by_model_name():
+    assert [default_backend(m) for m in OFFLINE_LLMS] == ["llamacpp", "llamacpp"]
+    assert default_backend("/models/tiny.Q4_0.gguf") == "llamacpp"
+    assert default_backend("mistralai/Mistral-7B-Instruct-v0.2") == "hf"
+    assert default_backend("./my-model-folder") == "hf"
 
 
 def test_unknown_backend_option_is_one_line(tiny_llama_dir):
@@ -88,6 +96,30 @@ def test_hf_sampling_is_seeded_and_stops(tiny_hf):
     assert "e" not in stopped[0]
 
 
+def test_hf_shared_prefix_is_evaluated_once(tiny_hf):
+    from promptrec.llm.hf import shared_prefix
+
+    shared = "Rewrite this text as a pirate would say it. " * 3
+    prompts = [shared + "The meeting", shared + "Turn this into a poem"]
+    outputs = tiny_hf.generate(prompts, GREEDY)
+    prefix = shared_prefix([tiny_hf.tokenize(p) for p in prompts])
+    assert prefix > 20
+    assert tiny_hf.last_stats["prompt_tokens"] == sum(tiny_hf.count_tokens(p) for p in prompts) - prefix
+    assert outputs == [tiny_hf.generate([p], GREEDY)[0] for p in prompts]  # the cached prefix changes no output
+
+
+def test_hf_tokenize_adds_no_special_tokens_and_round_trips(tiny_mistral_dir):
+    generator = load_generator(str(tiny_mistral_dir), backend="hf", device="cpu")
+    text = "Make the text more formal."
+    ids = generator.tokenize(text)
+    assert generator.tokenizer(text)["input_ids"] == [generator.tokenizer.bos_token_id, *ids]  # the model adds BOS
+    assert generator.detokenize(ids) == text
+    assert generator.count_tokens(text) == len(ids)
+    rendered = generator.render_chat([{"role": "user", "content": text}])
+    assert rendered == "<s>[INST] Make the text more formal. [/INST]"
+    assert generator._encode(rendered).count(generator.tokenizer.bos_token_id) == 1  # its template holds the BOS
+
+
 def test_hf_base_model_refuses_chat(tiny_llama_dir, tmp_path):
     import shutil
 
@@ -124,6 +156,24 @@ def test_smollm2_chat_template_from_gguf(smollm2):
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
         "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+@pytest.mark.slow
+def test_smollm2_tokenize_round_trips_without_special_tokens(smollm2):
+    ids = smollm2.tokenize("Hello there, team.")
+    assert all(isinstance(i, int) for i in ids) and smollm2.count_tokens("Hello there, team.") == len(ids)
+    assert smollm2.detokenize(ids) == "Hello there, team."
+    assert smollm2.detokenize(smollm2.tokenize("A b") + smollm2.tokenize(" c")) == "A b c"
+    marker = smollm2.tokenize("<|im_start|>")  # text of a special token is read as plain text, not its id
+    assert len(marker) > 1 and smollm2.detokenize(marker) == "<|im_start|>"
+
+
+@pytest.mark.slow
+def test_smollm2_threads_follow_promptrec_threads(monkeypatch):
+    monkeypatch.setenv("PROMPTREC_THREADS", "2")
+    generator = load_generator("smollm2", n_ctx=256)
+    assert generator.llm.context_params.n_threads == 2 and generator.llm.context_params.n_threads_batch == 2
+    assert load_generator("smollm2", n_ctx=256, n_threads=1).llm.context_params.n_threads == 1
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import pytest
 
 from promptrec.data import DataError
 from promptrec.optimize import (
-    OptimizeSettings, beam_search, mean_scs_objective, optimize_prompts, prune, split_holdout, vocabulary, words_of,
+    OptimizeConfig, beam_search, mean_scs_objective, optimize_prompts, prune, split_holdout, vocabulary, words_of,
 )
 
 TARGET = ["make", "it", "a", "short", "poem"]
@@ -22,7 +22,7 @@ VOCAB = TARGET + ["dog", "blue", "run", "seven", "the"]
 
 
 def test_trajectory_never_decreases_and_improves():
-    result = beam_search("the dog", VOCAB, _overlap, OptimizeSettings(steps=25, beam=3, edits=20, seed=1))
+    result = beam_search("the dog", VOCAB, _overlap, OptimizeConfig(steps=25, beam=3, edits=20, seed=1))
     scores = [step.score for step in result.trajectory]
     assert all(b >= a for a, b in zip(scores, scores[1:]))
     assert [step.step for step in result.trajectory] == list(range(len(scores)))
@@ -32,16 +32,16 @@ def test_trajectory_never_decreases_and_improves():
 
 
 def test_seed_makes_runs_reproducible():
-    settings = OptimizeSettings(steps=10, beam=2, edits=8, seed=7)
-    first = beam_search("blue", VOCAB, _overlap, settings)
-    second = beam_search("blue", VOCAB, _overlap, settings)
+    config = OptimizeConfig(steps=10, beam=2, edits=8, seed=7)
+    first = beam_search("blue", VOCAB, _overlap, config)
+    second = beam_search("blue", VOCAB, _overlap, config)
     assert [(s.score, s.text) for s in first.trajectory] == [(s.score, s.text) for s in second.trajectory]
-    other = beam_search("blue", VOCAB, _overlap, OptimizeSettings(steps=10, beam=2, edits=8, seed=8))
+    other = beam_search("blue", VOCAB, _overlap, OptimizeConfig(steps=10, beam=2, edits=8, seed=8))
     assert [s.text for s in other.trajectory] != [s.text for s in first.trajectory]
 
 
 def test_time_budget_stops_the_search():
-    result = beam_search("blue", VOCAB, _overlap, OptimizeSettings(steps=10_000, seconds=0.0))
+    result = beam_search("blue", VOCAB, _overlap, OptimizeConfig(steps=10_000, seconds=0.0))
     assert [s.step for s in result.trajectory] == [0, 1]  # the start, then pruning only
 
 
@@ -52,7 +52,14 @@ def test_prune_deletes_words_that_do_not_help():
 
 def test_empty_vocabulary_is_an_error():
     with pytest.raises(DataError, match="empty vocabulary"):
-        beam_search("x", [], _overlap, OptimizeSettings())
+        beam_search("x", [], _overlap, OptimizeConfig())
+
+
+def test_config_rejects_an_empty_beam_and_negative_budgets():
+    with pytest.raises(DataError, match="beam must be at least 1, got 0"):
+        OptimizeConfig(beam=0)
+    with pytest.raises(DataError, match="must not be negative, got 30 and -1.0"):
+        OptimizeConfig(seconds=-1.0)
 
 
 def test_vocabulary_by_frequency():
@@ -77,7 +84,7 @@ def test_mean_scs_objective_matches_hand_values(word_embedder):
 def test_optimize_prompts_raises_the_training_score(word_embedder):
     prompts = ["pirate poem", "pirate short", "formal poem", "pirate", "poem short"] * 3
     report = optimize_prompts(prompts, word_embedder, start="formal",
-                              settings=OptimizeSettings(steps=15, beam=2, edits=10, seed=0), holdout=0.2)
+                              config=OptimizeConfig(steps=15, beam=2, edits=10, seed=0), holdout=0.2)
     assert report.label == "fixture (4 words)"
     assert report.train_rows + report.holdout_rows == 15 and report.holdout_rows == 3
     assert report.result.score > report.train_start

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from promptrec.methods.constant import ConstantConfig, ConstantMethod
-from promptrec.recover import recover
+from promptrec.pipeline import recover
 
 
 class EchoLength:
@@ -69,3 +69,28 @@ def test_recover_never_blank_every_id_once_in_order(tmp_path, ids, text, outputs
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert sub["id"].tolist() == ids
     assert (sub["rewrite_prompt"].str.strip() != "").all()
+
+
+class Remembers:
+    """A toy method that predicts the last training prompt on even rows and abstains (None) on odd ones."""
+
+    name = "remembers"
+
+    def fit(self, triples):
+        self.prompt = triples["rewrite_prompt"].iloc[-1]
+
+    def predict(self, pairs):
+        return [self.prompt if i % 2 == 0 else None for i in range(len(pairs))]
+
+
+def test_examples_are_fitted_first_and_abstentions_get_the_fallback(tmp_path, caplog):
+    for name, prompt in [("a.csv", "first"), ("b.csv", "Say it twice.")]:
+        pd.DataFrame({"id": [name], "original_text": "o", "rewrite_prompt": prompt,
+                      "rewritten_text": "r"}).to_csv(tmp_path / name, index=False)
+    src = tmp_path / "pairs.csv"
+    pd.DataFrame({"id": ["x", "y", "z"], "original_text": ["o", "", "o"], "rewritten_text": "r"}).to_csv(src, index=False)
+    with caplog.at_level("WARNING", logger="promptrec"):
+        assert recover(src, tmp_path / "sub.csv", Remembers(), examples=[tmp_path / "a.csv", tmp_path / "b.csv"]) == 3
+    sub = pd.read_csv(tmp_path / "sub.csv", dtype=str)
+    assert sub["rewrite_prompt"].tolist() == ["Say it twice.", "Rewrite this text in a different style.", "Say it twice."]
+    assert caplog.messages == [f"{src}, row 2, column 'original_text': empty text (the row still gets a prediction)"]

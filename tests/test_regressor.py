@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import subprocess
@@ -14,13 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import CLI_ENV, ROOT, kill_when
-import yaml
 
 from promptrec.data import TRIPLE_COLUMNS, DataError, read_table
-from promptrec.methods.base import from_name, load_method
+from promptrec.methods.base import PredictsEmbeddings, config_from_dict, from_name, load_config_file, load_method
 from promptrec.methods.regressor import (
-    PRESETS, SHARD_TEXTS, FeatureCache, FrozenEncoder, RegressorConfig, build_head, head_predict, preset,
-    train_head,
+    SHARD_TEXTS, FeatureCache, FrozenEncoder, RegressorConfig, RegressorMethod, build_head, head_predict, train_head,
 )
 
 WORDS = ("rewrite this text as a pirate poem make it formal shorter the meeting was moved to thursday "
@@ -173,12 +172,16 @@ def _method(tiny_bert, embedder: Path, tmp_path: Path, **extra):
                      epochs=3, batch_size=8, cache_dir=str(tmp_path / "cache"), **extra)
 
 
-def test_fit_predict_save_load_round_trip(tiny_bert, tiny_bert_embedder, tmp_path):
+def test_fit_predict_save_load_round_trip(tiny_bert, tiny_bert_embedder, tmp_path, caplog):
     pairs = _pairs(20)
     pairs.loc[0, "original_text"] = ""
     pairs.loc[1, "rewritten_text"] = ""  # empty texts are encoded like any other text
     method = _method(tiny_bert, tiny_bert_embedder, tmp_path)
-    method.fit(pairs)
+    assert isinstance(method, PredictsEmbeddings)  # the ensemble's select mode relies on it
+    with caplog.at_level(logging.INFO, logger="promptrec.methods.regressor"):
+        method.fit(pairs)
+    distinct = len(set(pairs.original_text) | set(pairs.rewritten_text))
+    assert caplog.messages == [f"regressor: features for {distinct} texts: 0 from cache, {distinct} to encode"]
     emb = method.predict_embeddings(pairs)
     assert emb.shape == (20, 32)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
@@ -245,19 +248,22 @@ def test_head_of_other_width_than_config_is_rejected(tiny_bert, tiny_bert_embedd
         load_method(tmp_path / "model")
 
 
-def test_config_validation_and_presets():
+def test_config_validation_and_the_shipped_original_config():
     with pytest.raises(DataError, match="loss must be one of cosine, score"):
         from_name("regressor", loss="mse")
     with pytest.raises(DataError, match="unknown option 'width'"):
         from_name("regressor", width=3)
-    original = PRESETS["original"]
+    path = ROOT / "configs" / "regressor_original.yaml"
+    shipped = load_config_file(path)
+    original = config_from_dict(RegressorConfig, shipped, str(path))
     assert (original.backbone, original.embedder, original.multiplier, original.lr, original.batch_size,
-            original.epochs, original.max_length, original.betas) == (
-        "microsoft/deberta-v3-large", "official", 42, 5e-6, 4, 10, 384, [0.85, 0.999])
-    assert preset("original", epochs=2).epochs == 2 and PRESETS["original"].epochs == 10
-    shipped = yaml.safe_load((Path(__file__).parents[1] / "configs" / "regressor_original.yaml").read_text())
+            original.epochs, original.max_length, original.betas, original.direction_weight) == (
+        "microsoft/deberta-v3-large", "official", 42, 5e-6, 4, 10, 384, [0.85, 0.999], 0.0)
+    # an override (as `--set` gives) replaces one field and leaves the file's values alone
+    assert config_from_dict(RegressorConfig, {**shipped, "epochs": 2}, str(path)).epochs == 2 and shipped["epochs"] == 10
     defaults = dataclasses.asdict(RegressorConfig())
     assert {**defaults, **shipped} == dataclasses.asdict(original)
+    assert dataclasses.asdict(RegressorMethod().config) == defaults  # no config: the offline defaults
 
 
 @pytest.mark.slow

@@ -3,11 +3,12 @@
 from promptrec.data import DataError, read_table, write_submission
 from promptrec.methods.base import Method, from_name, load_method
 from promptrec.metric import load_embedder, score, sharpened_cosine
-from promptrec.recover import recover
+from promptrec.pipeline import fit_ensemble, recover, train
 
 __all__ = [
     "DataError",
     "Method",
+    "fit_ensemble",
     "from_name",
     "load_embedder",
     "load_method",
@@ -15,5 +16,6 @@ __all__ = [
     "recover",
     "score",
     "sharpened_cosine",
+    "train",
     "write_submission",
 ]

@@ -4,8 +4,8 @@ A checkpoint is a folder `checkpoint-NNNNNN/` (numbered in the order written) ho
 moments, RNG states) and `state.json` (counters, scheduler, scalars). It is written under a
 `.tmp` name and renamed into place, so a kill at any point leaves the previous checkpoint whole;
 older ones are removed afterwards. Nothing is pickled: optimizer state is split into tensors and
-JSON. The manifest (written once, like `generate`'s) makes a rerun with other arguments or data fail
-in one line instead of silently mixing two runs.
+JSON. The manifest (`open_run`, also guarding `generate`'s journal) makes a rerun with other arguments or
+data fail in one line instead of silently mixing two runs.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ MANIFEST, STATE, TENSORS = "manifest.json", "state.json", "tensors.safetensors"
 _NUMBERED = re.compile(r"^checkpoint-(\d{6})$")
 
 
-def open_run(folder: Path, manifest: dict[str, Any]) -> None:
-    """Create `folder` with `manifest`, or check that the unfinished run there had the same one."""
+def open_run(folder: Path, manifest: dict[str, Any], kind: str = "training run") -> None:
+    """Create `folder` with `manifest`, or check that the unfinished run there had the same one
+    (`kind` names the run in the error: "training run", or "run" for generation)."""
     folder = Path(folder)
     path = folder / MANIFEST
     if path.is_file():
@@ -38,7 +39,7 @@ def open_run(folder: Path, manifest: dict[str, Any]) -> None:
         if changed:
             key = changed[0]
             raise DataError(
-                f"{folder}: an unfinished training run with other arguments ({key}: {old.get(key)!r}, now "
+                f"{folder}: an unfinished {kind} with other arguments ({key}: {old.get(key)!r}, now "
                 f"{manifest.get(key)!r}); re-run with the same arguments to continue it, or delete the folder "
                 "(or choose another output folder) to start over"
             )

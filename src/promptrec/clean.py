@@ -29,6 +29,8 @@ _SUMMARY_HEADER = re.compile(r"^\s*summary of [^\n]{0,200}\n\s*\n", re.IGNORECAS
 # A leading title line "**Title**" or "## Title": markup removed, the words kept.
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s+([^\n]+)|\*\*([^\n*]+?)\*\*:?)[ \t]*(?=\n|$)")
 _BLANK_LINES = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
+# Control characters but tab and newlines: byte tokens of small models emit them, and a CSV holding NUL is unreadable.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _refusal(text: str) -> str | None:
@@ -55,6 +57,11 @@ def _blank_lines(text: str) -> str | None:
     return new if new != text else None
 
 
+def _control(text: str) -> str | None:
+    new = _CONTROL.sub("", text)
+    return new if new != text else None
+
+
 def _strip(text: str) -> str | None:
     new = text.strip()
     return new if new != text else None
@@ -62,6 +69,7 @@ def _strip(text: str) -> str | None:
 
 # Order matters: prefixes and chatter go first so that a refusal behind "Sure, here is:" is found.
 RULES: dict[str, Callable[[str], str | None]] = {
+    "control_chars": _control,
     "strip_whitespace": _strip,
     "user_prefix": _sub_once(_USER_PREFIX),
     "chatter": _sub_once(_CHATTER),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.markup import escape
+from rich.text import Text
 
 from promptrec.data import DataError
 
@@ -28,24 +31,36 @@ def say(text: str) -> None:
 
 
 Embed = Annotated[str, typer.Option("--embedder", "-e", help="official (sentence-t5-base), proxy (packaged MiniLM) or a folder")]
+ConfigFile = Annotated[Optional[Path], typer.Option(help="YAML/JSON file of method options")]
+MethodSet = Annotated[list[str], typer.Option("--set", help="method option key=value (repeatable)")]
 
 
 @app.callback()
 def _setup(threads: Annotated[int, typer.Option(help="torch threads (0: PROMPTREC_THREADS or all cores)")] = 0) -> None:
-    """Set thread counts once for every verb."""
+    """Set thread counts and route the package's log records to stderr, once for every verb."""
     from promptrec.models import quiet_libraries, set_threads
 
     quiet_libraries()
     set_threads(threads or None)
+    _log_to_stderr()
 
 
-def _warn_line(line: str) -> None:
-    err.print(f"[yellow]warning:[/] {escape(line)}")
+class _LineHandler(RichHandler):
+    """A log record as one unwrapped line (INFO plain, "warning: ..." in yellow), so piped logs stay greppable."""
+
+    def render(self, *, record: logging.LogRecord, traceback, message_renderable) -> Text:
+        if record.levelno <= logging.INFO:
+            return message_renderable
+        style = "yellow" if record.levelno == logging.WARNING else "red"
+        return Text.assemble((f"{record.levelname.lower()}: ", style), message_renderable)
 
 
-def _warn(frame) -> None:
-    for line in frame.attrs.get("warnings", []):
-        _warn_line(line)
+def _log_to_stderr() -> None:
+    """Render `promptrec.*` log records (INFO and up) on stderr through Rich; installed once per process."""
+    logger = logging.getLogger("promptrec")
+    if not any(isinstance(handler, _LineHandler) for handler in logger.handlers):
+        logger.addHandler(_LineHandler(console=err, markup=False, highlighter=None, show_time=False, show_path=False))
+        logger.setLevel(logging.INFO)
 
 
 def _options(pairs: list[str]) -> dict[str, object]:
@@ -123,20 +138,15 @@ def recover(
     method: Annotated[str, typer.Option(help="method name (see `promptrec methods`)")] = "constant",
     model: Annotated[Optional[Path], typer.Option(help="folder saved by `promptrec train` or `promptrec fit` (overrides --method)")] = None,
     examples: Annotated[Optional[Path], typer.Option(help="triples to fit the method on before recovering")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML/JSON file of method options")] = None,
-    setting: Annotated[list[str], typer.Option("--set", help="method option key=value (repeatable)")] = [],
+    config: ConfigFile = None,
+    setting: MethodSet = [],
 ) -> None:
     """Recover one prompt per row and write `id,rewrite_prompt` (never blank, input order)."""
-    from promptrec.data import TRIPLE_COLUMNS, read_table
     from promptrec.methods.base import load_method
-    from promptrec.recover import recover as run
+    from promptrec.pipeline import recover as run
 
     chosen = load_method(model) if model else _build_method(method, config, setting)
-    if examples:
-        triples = read_table(examples, TRIPLE_COLUMNS)
-        _warn(triples)
-        chosen.fit(triples)
-    rows = run(test, output, chosen, warn=_warn_line)
+    rows = run(test, output, chosen, examples=examples)
     say(f"wrote {rows} prompts -> {output} (method {chosen.name})")
 
 
@@ -145,22 +155,15 @@ def train(
     method: Annotated[str, typer.Argument(help="method name")],
     data: Annotated[Path, typer.Argument(help="triples: id,original_text,rewrite_prompt,rewritten_text")],
     output: Annotated[Path, typer.Option("-o", "--output", help="folder to save the trained method")],
-    config: Annotated[Optional[Path], typer.Option(help="YAML/JSON file of method options")] = None,
-    setting: Annotated[list[str], typer.Option("--set", help="method option key=value (repeatable)")] = [],
+    config: ConfigFile = None,
+    setting: MethodSet = [],
 ) -> None:
-    """Fit a method on triples and save it (JSON config + safetensors/npy, never pickle); re-run the same
+    """Train ONE method on triples and save it (JSON config + safetensors/npy, never pickle); re-run the same
     command to continue an interrupted training from its checkpoint in OUTPUT.partial."""
-    from promptrec.data import TRIPLE_COLUMNS, ensure_writable, read_table
-    from promptrec.methods.base import checkpoint_beside
+    from promptrec.pipeline import train as run
 
-    chosen = _build_method(method, config, setting)
-    ensure_writable(output / "method.json")
-    checkpoint_beside(chosen, output)
-    triples = read_table(data, TRIPLE_COLUMNS)
-    _warn(triples)
-    chosen.fit(triples)
-    chosen.save(output)
-    say(f"trained {method} on {len(triples)} rows -> {output}")
+    rows = run(_build_method(method, config, setting), data, output)
+    say(f"trained {method} on {rows} rows -> {output}")
 
 
 @app.command()
@@ -213,7 +216,9 @@ def cv(
     data: Annotated[list[Path], typer.Argument(help="triple files (one per rewriter; results are also given per file)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="report folder (report.md, oof.csv, PNG plots)")],
     methods: Methods = "constant",
-    folds: Annotated[int, typer.Option(help="folds, grouped by original_text")] = 5,
+    by: Annotated[str, typer.Option(help="text: K folds grouped by original_text; source: hold out each file in turn "
+                                         "(files sharing original texts together)")] = "text",
+    folds: Annotated[int, typer.Option(help="folds, grouped by original_text (--by text)")] = 5,
     embedder: Embed = "proxy",
     limit: Annotated[int, typer.Option(help="score at most N held-out rows per fold (seeded subsample; 0: all)")] = 0,
     seed: Annotated[int, typer.Option(help="seed of the folds and the subsample")] = 0,
@@ -221,12 +226,14 @@ def cv(
     setting: LabelSet = [],
 ) -> None:
     """Cross-validate methods on leak-free folds and write a report folder; reruns reuse finished folds."""
-    from promptrec.cv import CVSettings, run_cv, summary
+    from promptrec.cv import CVSettings, run_cv
+    from promptrec.report import summary
 
     result = run_cv(data, methods.split(","), output, _labelled_options(config, setting),
-                    CVSettings(folds=folds, seed=seed, limit=limit), embedder, log=say)
+                    CVSettings(folds=folds, seed=seed, limit=limit, by=by), embedder, log=say)
+    over = f"{len(result.folds.names)} {result.folds.unit}"
     for label, row in summary(result).iterrows():
-        say(f"{label}: {row['mean']:.4f} ± {row['std']:.4f} over {folds} folds [{result.label}, {int(row['rows'])} rows]")
+        say(f"{label}: {row['mean']:.4f} ± {row['std']:.4f} over {over} [{result.label}, {int(row['rows'])} rows]")
     say(f"report -> {output / 'report.md'}")
 
 
@@ -247,12 +254,12 @@ def optimize_prompt(
     """Find one text maximising the mean score against the prompts (beam search, then pruning)."""
     from promptrec.data import read_texts
     from promptrec.metric import load_embedder
-    from promptrec.optimize import OptimizeSettings, optimize_prompts, save_report
+    from promptrec.optimize import OptimizeConfig, optimize_prompts, save_report
 
     texts = [text for path in prompts for text in read_texts(path, "rewrite_prompt")]
     model = load_embedder(embedder)
-    settings = OptimizeSettings(steps=steps, seconds=seconds, beam=beam, edits=edits, vocab_size=vocab_size, seed=seed)
-    report = optimize_prompts(texts, model, start, settings, holdout,
+    search = OptimizeConfig(steps=steps, seconds=seconds, beam=beam, edits=edits, vocab_size=vocab_size, seed=seed)
+    report = optimize_prompts(texts, model, start, search, holdout,
                               on_step=lambda s: say(f"step {s.step:3d}  {s.score:.4f}  {s.text}"))
     say(f"train ({report.train_rows} prompts): start {report.train_start:.4f} -> final {report.result.score:.4f} "
               f"[{report.label}]")
@@ -273,11 +280,10 @@ def fit(
     config: LabelConfig = None,
     setting: LabelSet = [],
 ) -> None:
-    """Train every member and the ensemble over them in one go (ensemble options: --set ensemble.mode=select)."""
-    from promptrec.methods.ensemble import fit_ensemble
+    """Train EVERY member method AND the ensemble over them, saved in one folder (--set ensemble.mode=select)."""
+    from promptrec.pipeline import fit_ensemble
 
-    ensemble = fit_ensemble(data, output, methods.split(",") if methods else None, _labelled_options(config, setting),
-                            log=say)
+    ensemble = fit_ensemble(data, output, methods.split(",") if methods else None, _labelled_options(config, setting))
     say(f"saved ensemble ({ensemble.config.mode}; members {', '.join(ensemble.members)}) -> {output}")
 
 
@@ -348,11 +354,10 @@ def regressor_report(
     data: Annotated[Path, typer.Argument(help="held-out triples: id,original_text,rewrite_prompt,rewritten_text")],
 ) -> None:
     """Score a trained regressor on labelled triples: embedding-space score, decoded score, bank oracle."""
-    from promptrec.data import TRIPLE_COLUMNS, read_table
     from promptrec.methods.regressor import RegressorMethod
+    from promptrec.pipeline import read_triples
 
-    triples = read_table(data, TRIPLE_COLUMNS)
-    _warn(triples)
+    triples = read_triples(data)  # first: a bad table is named even when the model folder is wrong too
     for line in RegressorMethod.load(model).report(triples).lines():
         say(line)
 

@@ -302,10 +302,29 @@ def write_submission_chunks(path: str | Path, chunks: Iterable[tuple[Sequence[st
     return rows
 
 
+def group_key(text: str) -> str:
+    """The key rows are grouped by in every leak-free split: the text without surrounding whitespace."""
+    return str(text).strip()
+
+
+def key_groups(keys: Sequence[str]) -> dict[str, list[int]]:
+    """Grouped-split units: `group_key` -> its row indices, keys in order of first appearance.
+
+    The one grouping behind cv's folds, lora's validation split and the optimiser's held-out prompts.
+    """
+    groups: dict[str, list[int]] = {}
+    for row, key in enumerate(keys):
+        groups.setdefault(group_key(key), []).append(row)
+    return groups
+
+
 def held_out(keys: Sequence[str], fraction: float, seed: int) -> np.ndarray:
     """(n,) bool mask of the rows whose key is among a seeded `fraction` of the distinct keys: a key is never
     on both sides (lora's validation split by original text, the optimiser's by prompt)."""
-    unique = sorted(set(keys))
+    groups = key_groups(keys)
+    unique = sorted(groups)  # sorted first: the draw depends on the keys, not on row order
     random.Random(seed).shuffle(unique)
-    chosen = set(unique[: int(round(fraction * len(unique)))])
-    return np.array([key in chosen for key in keys], dtype=bool)
+    mask = np.zeros(len(keys), dtype=bool)
+    for key in unique[: int(round(fraction * len(unique)))]:
+        mask[groups[key]] = True
+    return mask

@@ -22,9 +22,10 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from promptrec.checkpoint import open_run
 from promptrec.clean import clean_text
 from promptrec.data import (
-    ID, ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, ensure_writable, read_texts, write_table,
+    ID, ORIGINAL, PROMPT, REWRITTEN, DataError, ensure_writable, read_texts, write_table,
 )
 from promptrec.metric import text_digest
 from promptrec.llm.base import GenerationSettings, Generator, default_backend, load_generator
@@ -37,7 +38,7 @@ REWRITER, GENERATION = "rewriter", "generation"  # provenance columns
 class GenerateConfig:
     """What to generate and how; everything but `n` must match when a run is resumed."""
 
-    rewriter: str = "smollm2"  # short offline name ("smollm2", "gemma3-270m"), GGUF path, hub id or folder
+    rewriter: str = "smollm2"  # short offline name (models.OFFLINE_LLMS), GGUF path, hub id or folder
     backend: str | None = None  # llamacpp / hf / vllm; None: implied by the rewriter
     n: int = 100  # triples to keep (dropped rows are replaced by further pairs)
     seed: int = 0  # pair sampling and per-row sampling seeds
@@ -106,8 +107,9 @@ def load_sources(path: str | Path, column: str) -> list[str]:
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*\n")
 
 
-def truncate(text: str, max_tokens: int, count: Callable[[str], int]) -> str:
-    """`text` cut at the last sentence boundary that keeps it within `max_tokens` (`count` measures);
+def cut_at_sentence(text: str, max_tokens: int, count: Callable[[str], int]) -> str:
+    """The longest head of `text` that ends at a sentence boundary and fits `max_tokens` (`count` measures):
+    the rewriter's input stays whole sentences (unlike `templates.head_tail`, which keeps head and tail);
     a first sentence that is already too long is cut at a word boundary."""
     if count(text) <= max_tokens:
         return text
@@ -151,33 +153,18 @@ def _same_text(a: str, b: str) -> bool:
 
 
 def _token_counter(generator: Generator) -> Callable[[str], int]:
-    """The rewriter's own token count when it has one, else about 4 characters per token."""
-    count = getattr(generator, "count_tokens", None)
-    return count if callable(count) else (lambda text: (len(text) + 3) // 4)
+    """The rewriter's own token count (`Generator.tokenize`), else about 4 characters per token (test doubles)."""
+    tokenize = getattr(generator, "tokenize", None)
+    return (lambda text: len(tokenize(text))) if callable(tokenize) else (lambda text: (len(text) + 3) // 4)
 
 
 class _Journal:
     """Attempts of one run, appended as JSON lines and fsynced per batch."""
 
     def __init__(self, folder: Path, manifest: dict) -> None:
+        """Open the journal in `folder`, created with `manifest` or checked against the unfinished run's."""
         self.folder, self.path = folder, folder / "journal.jsonl"
-        manifest_path = folder / "manifest.json"
-        if manifest_path.is_file():
-            try:
-                old = json.loads(manifest_path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise DataError(f"{manifest_path}: unreadable manifest; delete {folder} to start over") from None
-            changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-            if changed:
-                key = changed[0]
-                raise DataError(
-                    f"{folder}: an unfinished run with other arguments ({key}: {old.get(key)!r}, now {manifest.get(key)!r}); "
-                    "re-run with the same arguments to continue it, or delete the folder to start over"
-                )
-        else:
-            folder.mkdir(parents=True, exist_ok=True)
-            with atomic_write(manifest_path) as handle:
-                handle.write(json.dumps(manifest, indent=1))
+        open_run(folder, manifest, kind="run")
         self.records = self._read()
         self.handle = open(self.path, "a", encoding="utf-8")
 
@@ -286,7 +273,7 @@ def _rewrite(
     config: GenerateConfig, count: Callable[[str], int], first: int,
 ) -> list[dict]:
     """Rewrite one batch of (text, prompt) index pairs into journal records numbered from `first`."""
-    pairs = [(truncate(texts[t], config.max_input_tokens, count), prompts[p]) for t, p in chosen]
+    pairs = [(cut_at_sentence(texts[t], config.max_input_tokens, count), prompts[p]) for t, p in chosen]
     requests, stop, template = _requests(generator, pairs)
     settings = GenerationSettings(
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,

@@ -64,9 +64,10 @@ def resolve_model(name: str) -> str:
     return str(LOCAL_MODELS[name]()) if name in LOCAL_MODELS else name
 
 
-def cache_dir() -> Path:
-    """PROMPTREC_CACHE, else ~/.cache/promptrec: where embeddings, encoder features and re-quantised GGUFs live."""
-    return Path(os.environ.get("PROMPTREC_CACHE") or Path.home() / ".cache" / "promptrec")
+def cache_dir(chosen: str | Path = "") -> Path:
+    """`chosen` (a config's `cache_dir`), else PROMPTREC_CACHE, else ~/.cache/promptrec (a blank means unset):
+    where embeddings, encoder features and re-quantised GGUFs live."""
+    return Path(chosen or os.environ.get("PROMPTREC_CACHE") or Path.home() / ".cache" / "promptrec")
 
 
 def thread_count(threads: int | None = None) -> int:

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from promptrec.data import DataError, atomic_write, held_out
+from promptrec.vectors import Encode, most_typical
 
 # Scores a batch of candidate texts: higher is better, one float per text.
 Objective = Callable[[list[str]], np.ndarray]
@@ -21,7 +22,7 @@ _WORD = re.compile(r"\S+")
 
 
 @dataclass
-class OptimizeSettings:
+class OptimizeConfig:
     """Budget and shape of the search."""
 
     steps: int = 30  # beam-search steps at most
@@ -31,6 +32,13 @@ class OptimizeSettings:
     vocab_size: int = 400  # most frequent words of the training prompts used as the vocabulary
     max_words: int = 40  # edits never grow a text beyond this many words
     seed: int = 0  # seeds the edit sampler; with a step budget (not time) runs are reproducible
+
+    def __post_init__(self) -> None:
+        for name in ("beam", "edits", "vocab_size", "max_words"):
+            if getattr(self, name) < 1:
+                raise DataError(f"optimiser: {name} must be at least 1, got {getattr(self, name)}")
+        if self.steps < 0 or self.seconds < 0:
+            raise DataError(f"optimiser: steps and seconds must not be negative, got {self.steps} and {self.seconds}")
 
 
 @dataclass
@@ -104,27 +112,27 @@ def prune(text: str, score: float, scorer: Callable[[list[str]], list[float]]) -
     return " ".join(words), score
 
 
-def beam_search(start: str, vocab: Sequence[str], objective: Objective, settings: OptimizeSettings,
+def beam_search(start: str, vocab: Sequence[str], objective: Objective, config: OptimizeConfig,
                 on_step: Callable[[Step], None] | None = None) -> OptimizeResult:
     """Improve `start` by beam search over word insertions/substitutions, then prune; the best score never drops."""
     if not vocab:
         raise DataError("optimiser: empty vocabulary (no words in the training prompts)")
-    rng = random.Random(settings.seed)
+    rng = random.Random(config.seed)
     scorer = _Scorer(objective)
     start = " ".join(words_of(start)) or vocab[0]
     beam = [(scorer([start])[0], start)]
     trajectory = [Step(0, beam[0][0], start)]
     if on_step:
         on_step(trajectory[0])
-    deadline = time.monotonic() + settings.seconds
-    for step in range(1, settings.steps + 1):
+    deadline = time.monotonic() + config.seconds
+    for step in range(1, config.steps + 1):
         if time.monotonic() >= deadline:
             break
-        texts = [t for _, text in beam for t in _edits(words_of(text), list(vocab), settings.edits, settings.max_words, rng)]
+        texts = [t for _, text in beam for t in _edits(words_of(text), list(vocab), config.edits, config.max_words, rng)]
         pool = dict((text, value) for value, text in beam)
         pool.update(zip(texts, scorer(texts)))
         # Sorting by (-score, text) keeps ties deterministic; old beam texts stay eligible, so the best never drops.
-        beam = sorted(((v, t) for t, v in pool.items()), key=lambda item: (-item[0], item[1]))[: settings.beam]
+        beam = sorted(((v, t) for t, v in pool.items()), key=lambda item: (-item[0], item[1]))[: config.beam]
         trajectory.append(Step(step, beam[0][0], beam[0][1]))
         if on_step:
             on_step(trajectory[-1])
@@ -135,7 +143,7 @@ def beam_search(start: str, vocab: Sequence[str], objective: Objective, settings
     return OptimizeResult(text, value, trajectory, len(scorer.seen))
 
 
-def mean_scs_objective(targets: Sequence[str], encode: Callable[[list[str]], np.ndarray]) -> Objective:
+def mean_scs_objective(targets: Sequence[str], encode: Encode) -> Objective:
     """Objective: mean cos**3 of a candidate's embedding against the (deduplicated, weighted) target prompts."""
     unique, counts = np.unique(np.asarray(list(targets), dtype=object).astype(str), return_counts=True)
     target_emb = encode(list(unique))  # (u, d) unit rows
@@ -171,22 +179,20 @@ def split_holdout(prompts: Sequence[str], fraction: float, seed: int) -> tuple[l
 
 
 def optimize_prompts(prompts: Sequence[str], embedder, start: str | None = None,
-                     settings: OptimizeSettings | None = None, holdout: float = 0.0,
+                     config: OptimizeConfig | None = None, holdout: float = 0.0,
                      on_step: Callable[[Step], None] | None = None) -> PromptReport:
     """Find one text maximising the mean score against `prompts` under `embedder`.
 
     The start defaults to the best training prompt; `holdout` keeps that fraction of distinct prompts aside.
     """
-    from promptrec.methods.constant import best_constant
-
-    settings = settings or OptimizeSettings()
+    config = config or OptimizeConfig()
     prompts = [p.strip() for p in prompts if isinstance(p, str) and p.strip()]
-    train, held = split_holdout(prompts, holdout, settings.seed)
+    train, held = split_holdout(prompts, holdout, config.seed)
     if not train:
         raise DataError("optimiser: no non-empty training prompts")
-    start = " ".join(words_of(start)) if start and start.strip() else best_constant(train, embedder.encode)
+    start = " ".join(words_of(start)) if start and start.strip() else train[most_typical(train, embedder.encode)[0]]
     objective = mean_scs_objective(train, embedder.encode)
-    result = beam_search(start, vocabulary(train, settings.vocab_size), objective, settings, on_step)
+    result = beam_search(start, vocabulary(train, config.vocab_size), objective, config, on_step)
     held_start, held_final = (mean_scs_objective(held, embedder.encode)([start, result.text]).tolist()
                               if held else (None, None))
     return PromptReport(result, start, embedder.label, len(train), len(held),

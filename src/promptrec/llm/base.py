@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
 from promptrec.data import DataError
+from promptrec.models import OFFLINE_LLMS
 
 
 @dataclass
@@ -39,6 +40,12 @@ class Generator(Protocol):
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         """The model's own chat template applied to `messages`, ready for `generate`."""
 
+    def tokenize(self, text: str) -> list[int]:
+        """The model's token ids of `text`, without special tokens (BOS/EOS), for budgets and truncation."""
+
+    def detokenize(self, ids: list[int]) -> str:
+        """The text of token `ids`, special tokens left out; a sequence cut mid-character loses that character."""
+
 
 # backend name -> "module:Class"; imported only when chosen.
 BACKENDS: dict[str, str] = {
@@ -50,7 +57,7 @@ BACKENDS: dict[str, str] = {
 
 def default_backend(model: str) -> str:
     """The backend a model name implies: llama.cpp for GGUF files and the offline short names, else transformers."""
-    return "llamacpp" if model.endswith(".gguf") or model in ("smollm2", "gemma3-270m") else "hf"
+    return "llamacpp" if model.endswith(".gguf") or model in OFFLINE_LLMS else "hf"
 
 
 def load_generator(model: str, backend: str | None = None, **options) -> Generator:

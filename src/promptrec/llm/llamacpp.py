@@ -9,14 +9,14 @@ from typing import Sequence
 
 from promptrec.data import DataError
 from promptrec.llm.base import GenerationSettings, cut_at_stop
-from promptrec.models import require, resolve_model
+from promptrec.models import OFFLINE_LLMS, cache_dir, require, resolve_model, thread_count
 
 _INSTALL = "pip install llama-cpp-python==0.3.36"
 _QUANT_TYPES = {"q4_0": 2, "q8_0": 7}  # llama.cpp LLAMA_FTYPE_MOSTLY_* values
 
 
 def requantize(path: Path, quant: str) -> Path:
-    """A copy of GGUF `path` re-quantized to `quant`, made once under PROMPTREC_CACHE (~/.cache/promptrec)."""
+    """A copy of GGUF `path` re-quantized to `quant`, made once under `models.cache_dir()/gguf`."""
     import ctypes
 
     import llama_cpp
@@ -24,14 +24,14 @@ def requantize(path: Path, quant: str) -> Path:
 
     if quant not in _QUANT_TYPES:
         raise DataError(f"quant '{quant}': choose one of {', '.join(_QUANT_TYPES)}")
-    cache = Path(os.environ.get("PROMPTREC_CACHE", Path.home() / ".cache" / "promptrec")) / "gguf"
+    cache = cache_dir() / "gguf"
     target = cache / f"{path.stem}.{quant}.gguf"
     if target.is_file():
         return target
     cache.mkdir(parents=True, exist_ok=True)
     set_verbose(False)  # the quantizer logs every tensor otherwise
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype, params.allow_requantize, params.nthread = _QUANT_TYPES[quant], True, 1
+    params.ftype, params.allow_requantize, params.nthread = _QUANT_TYPES[quant], True, thread_count()
     partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     if llama_cpp.llama_model_quantize(str(path).encode(), str(partial).encode(), ctypes.byref(params)) != 0:
         partial.unlink(missing_ok=True)
@@ -56,7 +56,8 @@ class LlamaCppGenerator:
     ) -> None:
         """Load `model` (a .gguf path or short offline name).
 
-        n_ctx: tokens per request (prompt + completion). n_threads: default PROMPTREC_THREADS, else 1.
+        n_ctx: tokens per request (prompt + completion). n_threads: `models.thread_count` (PROMPTREC_THREADS,
+        else all cores, as for torch).
         prefix_cache: keep the previous request's KV cache, so the tokens a prompt shares with the previous
         prompt are not evaluated again (no RAM cache of states: its per-request state copy cost more than
         it saved in `promptrec bench fewshot`); False evaluates every prompt from scratch.
@@ -70,13 +71,13 @@ class LlamaCppGenerator:
         path = Path(resolve_model(model))
         if not path.is_file():
             raise DataError(f"{path}: no such GGUF file")
-        self.name = model if model in ("smollm2", "gemma3-270m") else path.name
+        self.name = model if model in OFFLINE_LLMS else path.name
         if quant:
             path = requantize(path, quant)
             self.name += f"@{quant}"
         self.prefix_cache = prefix_cache
         self.parallel = max(1, parallel)
-        threads = n_threads or int(os.environ.get("PROMPTREC_THREADS", "0")) or 1
+        threads = thread_count(n_threads)
         self.llm = llama_cpp.Llama(
             str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=n_batch, seed=seed,
             verbose=False,
@@ -108,9 +109,17 @@ class LlamaCppGenerator:
             )
         return self._chat(messages=messages).prompt
 
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text`, no BOS, special-token text read as plain text."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def detokenize(self, ids: list[int]) -> str:
+        """The text of `ids`; bytes of a character cut in half are dropped."""
+        return self.llm.detokenize(list(ids)).decode("utf-8", errors="ignore")
+
     def count_tokens(self, text: str) -> int:
         """How many tokens `text` takes (no BOS), for truncating inputs."""
-        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        return len(self.tokenize(text))
 
     def generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[str]:
         """One completion per prompt, in order; prompt i samples with seed `settings.seed + i`.

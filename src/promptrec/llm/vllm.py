@@ -41,6 +41,14 @@ class VLLMGenerator:
             raise DataError(f"{self.name}: the tokenizer has no chat template (a base model); use a completion template")
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text`, without special tokens."""
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def detokenize(self, ids: list[int]) -> str:
+        """The text of `ids`, special tokens skipped."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
     def generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[str]:
         """One completion per prompt, in order; prompt i samples with seed `settings.seed + i`."""
         import vllm

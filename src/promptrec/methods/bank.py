@@ -4,24 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from promptrec import vectors
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, read_texts
-from promptrec.methods.base import config_from_dict, never_blank, read_config, safe_child, save_config
+from promptrec.methods.base import load_saved, safe_child, save_config
+from promptrec.metric import UsesEmbedder, load_embeddings, save_embeddings
+from promptrec.models import cache_dir
 
 BANK_TEXTS = "bank.json"
 BANK_WEIGHTS = "bank.safetensors"
 QUERIES = ("rewritten", "direction")
-
-
-def default_cache_dir() -> Path:
-    """PROMPTREC_CACHE, else ~/.cache/promptrec: where embeddings and encoder features are cached."""
-    return Path(os.environ.get("PROMPTREC_CACHE") or Path.home() / ".cache" / "promptrec")
 
 
 class PromptBank:
@@ -50,18 +47,17 @@ class PromptBank:
         return cls(unique, embedder.encode(unique))
 
     @classmethod
-    def from_file(cls, path: str | Path, embedder, cache_dir: Path | None = None) -> "PromptBank":
-        """A bank from a prompt list (JSON list, .txt lines or a table's rewrite_prompt), cached on disk."""
-        from promptrec.metric import load_embeddings, save_embeddings
-
+    def from_file(cls, path: str | Path, embedder, cache: str | Path = "") -> "PromptBank":
+        """A bank from a prompt list (JSON list, .txt lines or a table's rewrite_prompt), cached under `cache`
+        (default: `models.cache_dir`)."""
         prompts = list(dict.fromkeys(p.strip() for p in read_texts(path, PROMPT) if p.strip()))
         if not prompts:
             raise DataError(f"{path}: no prompts in this bank file")
         digest = hashlib.sha256(("\x00".join(prompts) + "\x01" + embedder.label).encode("utf-8")).hexdigest()[:24]
-        cache = (cache_dir or default_cache_dir()) / "bank" / f"{digest}.npy"
-        emb = load_embeddings(cache, prompts, embedder)
+        npy = cache_dir(cache) / "bank" / f"{digest}.npy"
+        emb = load_embeddings(npy, prompts, embedder)
         if emb is None:
-            emb = save_embeddings(cache, prompts, embedder)
+            emb = save_embeddings(npy, prompts, embedder)
         return cls(prompts, emb)
 
     @classmethod
@@ -81,12 +77,8 @@ class PromptBank:
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.dim:
             raise DataError(f"queries have {queries.shape[1]} dimensions but the prompt bank has {self.dim}")
-        unit = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-        k = min(k, len(self))
-        cos = unit @ self.embeddings.T  # (n, size)
-        top = np.argpartition(-cos, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(cos, top, axis=1), axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)  # (n, k)
+        cos = vectors.unit_rows(queries) @ self.embeddings.T  # (n, size)
+        top = vectors.top_k(cos, k)  # (n, min(k, size))
         return top, np.take_along_axis(cos, top, axis=1)
 
     def decode(self, queries: np.ndarray, top_k: int = 1) -> list[str]:
@@ -125,10 +117,10 @@ class PromptBank:
         return cls(prompts, emb)
 
 
-def build_bank(embedder, prompts: list[str], files: list[str], cache_dir: str = "") -> PromptBank:
-    """The bank of `prompts` plus every prompt in `files`, embedded by `embedder`."""
+def build_bank(embedder, prompts: list[str], files: list[str], cache: str = "") -> PromptBank:
+    """The bank of `prompts` plus every prompt in `files` (their embeddings cached under `cache`), by `embedder`."""
     banks = [PromptBank.build(prompts, embedder)] if any(p.strip() for p in prompts) else []
-    banks += [PromptBank.from_file(f, embedder, Path(cache_dir) if cache_dir else None) for f in files]
+    banks += [PromptBank.from_file(f, embedder, cache) for f in files]
     if not banks:
         raise DataError("the prompt bank is empty: give training prompts or a bank file")
     return PromptBank.concat(banks)
@@ -158,7 +150,7 @@ class BankConfig:
             raise DataError(f"bank: top_k must be at least 1, not {self.top_k}")
 
 
-class BankMethod:
+class BankMethod(UsesEmbedder):
     """Zero training: embed the rewritten text (or its shift from the original) and return the nearest bank prompt."""
 
     name = "bank"
@@ -167,16 +159,6 @@ class BankMethod:
     def __init__(self, config: BankConfig | None = None):
         self.config = config or BankConfig()
         self.bank: PromptBank | None = None
-        self._embedder = None
-
-    @property
-    def embedder(self):
-        """The metric embedder, loaded on first use."""
-        if self._embedder is None:
-            from promptrec.metric import load_embedder
-
-            self._embedder = load_embedder(self.config.embedder)
-        return self._embedder
 
     def fit(self, triples: pd.DataFrame) -> None:
         """Embed the bank: training prompts (if enabled) plus the bank files."""
@@ -184,19 +166,19 @@ class BankMethod:
         self.bank = build_bank(self.embedder, prompts, self.config.bank_files, self.config.cache_dir)
 
     def queries(self, pairs: pd.DataFrame) -> np.ndarray:
-        """(n, dim) query embeddings: the rewritten text, or rewritten minus original."""
+        """(n, dim) query embeddings: the rewritten text, or the direction from original to rewritten."""
         rewritten = self.embedder.encode(pairs[REWRITTEN].tolist())
         if self.config.query == "rewritten":
             return rewritten
-        return rewritten - self.embedder.encode(pairs[ORIGINAL].tolist())
+        return vectors.direction(rewritten, self.embedder.encode(pairs[ORIGINAL].tolist()))
 
     def predict(self, pairs: pd.DataFrame) -> list[str]:
-        """The nearest bank prompt(s) per row, never blank."""
+        """The nearest bank prompt(s) per row (bank prompts are never blank, so the method never abstains)."""
         if self.bank is None:
             if not self.config.bank_files:
                 raise DataError("bank: nothing to search; fit on triples or give bank_files")
             self.bank = build_bank(self.embedder, [], self.config.bank_files, self.config.cache_dir)
-        return never_blank(self.bank.decode(self.queries(pairs), self.config.top_k))
+        return self.bank.decode(self.queries(pairs), self.config.top_k)
 
     def save(self, folder: Path) -> None:
         """Write method.json and the embedded bank."""
@@ -209,7 +191,7 @@ class BankMethod:
     def load(cls, folder: Path) -> "BankMethod":
         """Read method.json and the bank; a bank of another embedding size than the embedder is an error."""
         folder = Path(folder)
-        method = cls(config_from_dict(BankConfig, read_config(folder)[1], str(folder)))
+        method = cls(load_saved(folder, cls)[0])
         if (folder / BANK_TEXTS).is_file():
             method.bank = PromptBank.load(folder)
             check_dim(method.bank, method.embedder, str(folder))

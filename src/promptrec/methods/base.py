@@ -194,8 +194,8 @@ def checkpoint_beside(method: Method, output: str | Path) -> None:
         method.resume_in(output.parent / f"{output.name}.partial")
 
 
-def never_blank(prompts: list[str], fallback: str = FALLBACK_PROMPT) -> list[str]:
-    """Replace blank predictions by `fallback`, so no row is ever empty."""
+def never_blank(prompts: list[str | None], fallback: str = FALLBACK_PROMPT) -> list[str]:
+    """Replace abstentions (None) and blank predictions by `fallback`, so no row is ever empty."""
     return [p.strip() if isinstance(p, str) and p.strip() else fallback for p in prompts]
 
 

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from promptrec.data import PROMPT, TRIPLE_COLUMNS, DataError, read_table
+from promptrec.data import PROMPT, DataError
 from promptrec.methods.base import (
-    FALLBACK_PROMPT, METHODS, Method, PredictsEmbeddings, checkpoint_beside, config_from_dict, from_name, load_method,
-    never_blank, read_config, safe_child, save_config,
+    FALLBACK_PROMPT, METHODS, Method, PredictsEmbeddings, from_name, load_saved, method_class, never_blank, safe_child,
+    save_config,
 )
+from promptrec.vectors import unit_rows
+
+log = logging.getLogger(__name__)
 
 MODES = ("concat", "select")
 REFERENCES = ("auto", "centroid")
@@ -33,12 +37,25 @@ class EnsembleConfig:
     mode: str = "concat"  # concat: all members' prompts joined; select: one candidate per row
     max_subset: int = 1  # select: candidates also join up to this many members (in member order)
     reference: str = "auto"  # select: auto = a member's predicted embedding if one offers it, else the centroid
-    suffix: str = ""  # text appended to every prediction (e.g. an optimised mean prompt)
+    suffix: str = ""  # text appended to every prediction; with suffix_steps > 0 fit learns one instead
     suffix_steps: int = 0  # >0: fit optimises a mean prompt on the training prompts for this many steps as the suffix
     suffix_seconds: float = 60.0  # time budget of that optimisation
     separator: str = " "  # joins members' prompts and the suffix
     embedder: str = "proxy"  # metric embedder for select and suffix optimisation: official, proxy or a folder
     seed: int = 0  # seeds the suffix optimiser
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise DataError(f"ensemble: mode '{self.mode}' (known: {', '.join(MODES)})")
+        if self.reference not in REFERENCES:
+            raise DataError(f"ensemble: reference '{self.reference}' (known: {', '.join(REFERENCES)})")
+        unknown = sorted(set(self.member_config) - {label for label, _ in self.specs()})
+        if unknown:
+            raise DataError(f"ensemble: member_config names '{unknown[0]}', which is not a member label")
+
+    def specs(self) -> list[tuple[str, str]]:
+        """The members as (label, method name) pairs, in order."""
+        return parse_members(self.members)
 
 
 def parse_members(specs: list[str]) -> list[tuple[str, str]]:
@@ -93,28 +110,26 @@ class EnsembleMethod:
 
     def __init__(self, config: EnsembleConfig | None = None, members: dict[str, Method] | None = None):
         self.config = config or EnsembleConfig()
-        if self.config.mode not in MODES:
-            raise DataError(f"ensemble: mode '{self.config.mode}' (known: {', '.join(MODES)})")
-        if self.config.reference not in REFERENCES:
-            raise DataError(f"ensemble: reference '{self.config.reference}' (known: {', '.join(REFERENCES)})")
-        self.specs = parse_members(self.config.members)
-        unknown = sorted(set(self.config.member_config) - {label for label, _ in self.specs})
-        if unknown:
-            raise DataError(f"ensemble: member_config names '{unknown[0]}', which is not a member label")
         # Prefit members (e.g. from a cross-validation fold) are used as given; the rest are built here.
         members = members or {}
         self.members: dict[str, Method] = {
             label: members[label] if label in members else from_name(name, **self.config.member_config.get(label, {}))
-            for label, name in self.specs
+            for label, name in self.config.specs()
         }
         self.prefit = set(members) & set(self.members)  # labels that fit leaves as they are
+        self.learned_suffix: str | None = None  # optimised by fit when suffix_steps > 0; saved as state
         self.embedder = None  # set to inject an embedder (tests); otherwise config.embedder is loaded on use
         self.fit_seconds: dict[str, float] = {}
+
+    @property
+    def suffix(self) -> str:
+        """The text appended to every prediction: the learned one, else the configured one."""
+        return self.config.suffix if self.learned_suffix is None else self.learned_suffix
 
     def _embedder(self):
         return self.embedder or _shared_embedder(self.config.embedder)
 
-    def fit(self, triples: pd.DataFrame, log: Callable[[str], None] | None = None) -> None:
+    def fit(self, triples: pd.DataFrame) -> None:
         """Fit every member not given prefit (timed), then optimise the suffix if asked."""
         for label, member in self.members.items():
             if label in self.prefit:
@@ -122,15 +137,13 @@ class EnsembleMethod:
             start = time.perf_counter()
             member.fit(triples)
             self.fit_seconds[label] = time.perf_counter() - start
-            if log:
-                log(f"fitted {label} in {self.fit_seconds[label]:.1f} s")
+            log.info("fitted %s in %.1f s", label, self.fit_seconds[label])
+        self.learned_suffix = None
         if self.config.suffix_steps > 0:
-            from promptrec.optimize import OptimizeSettings, optimize_prompts
+            from promptrec.optimize import OptimizeConfig, optimize_prompts
 
-            settings = OptimizeSettings(steps=self.config.suffix_steps, seconds=self.config.suffix_seconds,
-                                        seed=self.config.seed)
-            report = optimize_prompts(triples[PROMPT].tolist(), self._embedder(), settings=settings)
-            self.config.suffix = report.result.text
+            search = OptimizeConfig(steps=self.config.suffix_steps, seconds=self.config.suffix_seconds, seed=self.config.seed)
+            self.learned_suffix = optimize_prompts(triples[PROMPT].tolist(), self._embedder(), config=search).result.text
 
     def adopt(self, label: str, member: Method) -> None:
         """Use `member`, already fitted, as member `label`: `fit` will not refit it."""
@@ -143,11 +156,11 @@ class EnsembleMethod:
         """Each member's prompts for the pairs (None where it abstains), by member label."""
         return {label: member.predict(pairs) for label, member in self.members.items()}
 
-    def predict(self, pairs: pd.DataFrame) -> list[str]:
+    def predict(self, pairs: pd.DataFrame) -> list[str | None]:
         """One prompt per row: the joined members (concat) or the selected candidate (select), plus the suffix."""
         return self.combine(pairs, self.candidates(pairs))
 
-    def combine(self, pairs: pd.DataFrame, predictions: dict[str, list[str | None]]) -> list[str]:
+    def combine(self, pairs: pd.DataFrame, predictions: dict[str, list[str | None]]) -> list[str | None]:
         """Prompts from the members' `predictions` (by label); where a member abstains, the first member (in member
         order) that answered stands in for it."""
         columns = fill_abstentions([predictions[label] for label in self.members])
@@ -155,8 +168,8 @@ class EnsembleMethod:
             chosen = [join_prompts(list(row), self.config.separator) for row in zip(*columns)]
         else:
             chosen = self.select(columns, self.reference_embeddings(pairs, columns))
-        if self.config.suffix.strip():
-            chosen = [join_prompts([p, self.config.suffix], self.config.separator) for p in chosen]
+        if self.suffix.strip():
+            chosen = [join_prompts([p, self.suffix], self.config.separator) for p in chosen]
         return never_blank(chosen)
 
     def reference_embeddings(self, pairs: pd.DataFrame, columns: list[list[str]]) -> np.ndarray:
@@ -179,52 +192,24 @@ class EnsembleMethod:
         rows = list(zip(*columns))
         texts = [[join_prompts([row[i] for i in subset], self.config.separator) for subset in subsets] for row in rows]
         cand_emb = self._embedder().encode([t for row in texts for t in row]).reshape(len(rows), len(subsets), -1)  # (n, c, d)
-        norms = np.linalg.norm(reference, axis=1, keepdims=True)  # (n, 1)
-        cosine = np.einsum("ncd,nd->nc", cand_emb, reference / np.maximum(norms, 1e-12))  # (n, c)
+        cosine = np.einsum("ncd,nd->nc", cand_emb, unit_rows(reference))  # (n, c)
         # argmax takes the first of equal scores, so ties go to single members, then earlier members.
         return [row[int(i)] for row, i in zip(texts, cosine.argmax(axis=1))]
 
     def save(self, folder: Path) -> None:
-        """Write method.json and each member into its own subfolder named by its label."""
+        """Write method.json (the learned suffix as state) and each member into a subfolder named by its label."""
         folder = Path(folder)
         for label, member in self.members.items():
             member.save(safe_child(folder, label))
-        save_config(folder, self.name, self.config)
+        save_config(folder, self.name, self.config, state={"suffix": self.learned_suffix})
 
     @classmethod
     def load(cls, folder: Path) -> "EnsembleMethod":
         """Read method.json and load each member from its subfolder."""
         folder = Path(folder)
-        config = config_from_dict(EnsembleConfig, read_config(folder)[1], str(folder))
-        members = {label: load_method(safe_child(folder, label)) for label, _ in parse_members(config.members)}
-        method = cls(config, members)
+        config, state = load_saved(folder, cls)
+        # Each member folder must hold the method its spec names (load_saved refuses another one in one line).
+        method = cls(config, {label: method_class(name).load(safe_child(folder, label)) for label, name in config.specs()})
         method.prefit = set()  # a loaded ensemble refits all its members if fit is called again
+        method.learned_suffix = state.get("suffix")
         return method
-
-
-def fit_ensemble(data: list[str | Path], output: str | Path, members: list[str] | None = None,
-                 options: dict[str, dict[str, Any]] | None = None,
-                 log: Callable[[str], None] | None = None) -> EnsembleMethod:
-    """Fit every member and the ensemble on the triples of `data` and save them to `output`.
-
-    `members` defaults to every registered method but the ensemble; `options` maps a member label
-    (or "ensemble") to its options. Example: `fit_ensemble(["train.csv"], "models", ["constant"])`.
-    """
-    from promptrec.data import ensure_writable
-
-    options = dict(options or {})
-    specs = members or [name for name in METHODS if name != EnsembleMethod.name]
-    labels = {label for label, _ in parse_members(specs)}
-    own = options.pop(EnsembleMethod.name, {})
-    unknown = sorted(set(options) - labels)
-    if unknown:
-        raise DataError(f"options for '{unknown[0]}', which is not among the methods ({', '.join(sorted(labels))})")
-    config = config_from_dict(EnsembleConfig, {**own, "members": list(specs), "member_config": options}, "ensemble")
-    ensure_writable(Path(output) / "method.json")
-    triples = pd.concat([read_table(path, TRIPLE_COLUMNS) for path in data], ignore_index=True)
-    ensemble = EnsembleMethod(config)
-    checkpoint_beside(ensemble, output)  # a rerun after a crash continues lora members from their checkpoints
-    ensemble.fit(triples, log)
-    ensemble.save(Path(output))
-    return ensemble
-

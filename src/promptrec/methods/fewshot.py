@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from promptrec.clean import parse_generation
 from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, read_table, write_table
-from promptrec.methods.base import FALLBACK_PROMPT, config_from_dict, never_blank, read_config, safe_child, save_config
+from promptrec.llm.templates import head_tail
+from promptrec.methods.base import FALLBACK_PROMPT, load_saved, never_blank, safe_child, save_config
+from promptrec.vectors import Encode, direction, most_typical, top_k, unit_rows
 
-# Presets by name: model and backend of the original solution (hub access and a GPU needed).
-PRESETS = {"original": ("mistralai/Mistral-7B-Instruct-v0.2", "hf")}
+log = logging.getLogger(__name__)
 
 EXAMPLES_FILE = "examples.csv"
 INDEX_FILE = "index.safetensors"
@@ -31,15 +33,14 @@ PAIR_TEMPLATE = "Original text: {original}\nRewritten text: {rewritten}"
 ANSWER_LABEL = "Instruction:"
 COMPLETION_EXAMPLE = PAIR_TEMPLATE + "\n" + ANSWER_LABEL + " {prompt}\n\n"
 COMPLETION_QUERY = PAIR_TEMPLATE + "\n" + ANSWER_LABEL
-ELLIPSIS = " [...] "
 
 
 @dataclass
 class FewShotConfig:
-    """Options of the few-shot method."""
+    """Options of the few-shot method (what `fit` learns is kept on the method and saved beside them)."""
 
-    model: str = "smollm2"  # short offline name (smollm2, gemma3-270m), GGUF path, hub id, or preset "original"
-    backend: str = ""  # llamacpp, hf or vllm; "" = implied by the model (GGUF -> llamacpp)
+    model: str = "smollm2"  # short offline name (models.OFFLINE_LLMS), GGUF path, hub id or local folder
+    backend: str = ""  # llamacpp, hf or vllm; "" = implied by the model (GGUF and offline names -> llamacpp)
     template: str = "auto"  # chat (model's chat template), completion (base models), auto = chat if it has one
     selection: str = "retrieved"  # retrieved: the k most similar training rows per query; fixed: the same k rows
     k: int = 4  # worked examples per prompt
@@ -52,32 +53,33 @@ class FewShotConfig:
     max_new_tokens: int = 32  # generated tokens per row
     temperature: float = 0.0  # 0 = greedy
     max_words: int = 40  # longer answers are text copies, not instructions: fall back
-    fallback_prompt: str = FALLBACK_PROMPT  # used when the answer is empty or unusable
-    select_fallback: bool = True  # fit replaces fallback_prompt by the training set's best constant prompt
+    fallback_prompt: str = FALLBACK_PROMPT  # used when the answer is empty or unusable (unless select_fallback)
+    select_fallback: bool = True  # fit picks the training set's best constant prompt as the fallback instead
     embedder: str = "proxy"  # embedder of the retrieval index: proxy, official or a folder
     embed_words: int = 96  # texts are cut to this many words (head and tail) before embedding: a cheap index
-    threads: int = 0  # llama.cpp threads (0: the backend's default, PROMPTREC_THREADS or 1)
+    threads: int = 0  # llama.cpp threads (0: models.thread_count, i.e. PROMPTREC_THREADS, else all cores)
     prefix_cache: bool = True  # llama.cpp: evaluate a prompt prefix shared with the previous row once
+
+    def __post_init__(self) -> None:
+        """Reject impossible options in one line; fill the example budget implied by `selection`."""
+        if self.selection not in ("retrieved", "fixed"):
+            raise DataError(f"fewshot: selection must be 'retrieved' or 'fixed', not '{self.selection}'")
+        if self.template not in ("auto", "chat", "completion"):
+            raise DataError(f"fewshot: template must be auto, chat or completion, not '{self.template}'")
+        if self.k < 1:
+            raise DataError(f"fewshot: k must be at least 1, not {self.k}")
+        if not 0.0 <= self.diff_weight <= 1.0:
+            raise DataError(f"fewshot: diff_weight must lie in [0, 1], not {self.diff_weight}")
+        if self.example_tokens is None:
+            self.example_tokens = 128 if self.selection == "fixed" else 64
 
 
 # ---- texts and prompts --------------------------------------------------------------------------------------
-
-Encode = Callable[[str], list]
-Decode = Callable[[list], str]
 
 
 def flatten(text: str) -> str:
     """Collapse all whitespace (newlines included) to single spaces, so a pair keeps its two-line layout."""
     return " ".join(str(text).split())
-
-
-def truncate(text: str, budget: int, encode: Encode = str.split, decode: Decode = " ".join) -> str:
-    """`text` cut to `budget` tokens, keeping the head and the tail (the tail often shows the requested form)."""
-    tokens = encode(text)
-    if budget <= 0 or len(tokens) <= budget:
-        return text
-    head = (budget + 1) // 2
-    return decode(tokens[:head]).rstrip() + ELLIPSIS + decode(tokens[len(tokens) - (budget - head) :]).lstrip()
 
 
 @dataclass
@@ -121,20 +123,15 @@ def capitalize(prompt: str) -> str:
 # ---- retrieval index ----------------------------------------------------------------------------------------
 
 
-def _unit(rows: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero)."""
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-
-
-def pair_embeddings(encode: Callable[[list[str]], np.ndarray], originals: Sequence[str],
-                    rewrittens: Sequence[str], words: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(rewritten, difference) unit embeddings of pairs, each (n, d); difference = emb(rewritten) - emb(original).
+def pair_embeddings(encode: Encode, originals: Sequence[str], rewrittens: Sequence[str],
+                    words: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(rewritten, direction) unit embeddings of pairs, each (n, d); direction = emb(rewritten) - emb(original).
 
     `words` > 0 cuts each text to that many words (head and tail) first.
     """
-    emb = encode([truncate(flatten(t), words) for t in list(rewrittens) + list(originals)])  # (2n, d)
+    emb = encode([head_tail(flatten(t), words) for t in list(rewrittens) + list(originals)])  # (2n, d)
     rewritten_emb, original_emb = emb[: len(rewrittens)], emb[len(rewrittens) :]
-    return _unit(rewritten_emb).astype(np.float32), _unit(rewritten_emb - original_emb).astype(np.float32)
+    return unit_rows(rewritten_emb), direction(rewritten_emb, original_emb)
 
 
 class ExampleIndex:
@@ -148,7 +145,7 @@ class ExampleIndex:
         self.diff_emb = diff_emb  # (n, d) unit rows
 
     @classmethod
-    def build(cls, triples: pd.DataFrame, encode: Callable[[list[str]], np.ndarray], words: int = 0) -> "ExampleIndex":
+    def build(cls, triples: pd.DataFrame, encode: Encode, words: int = 0) -> "ExampleIndex":
         """Embed every training pair once (texts cut to `words` words when > 0)."""
         examples = triples[[ID, ORIGINAL, REWRITTEN, PROMPT]].astype(str).reset_index(drop=True)
         return cls(examples, *pair_embeddings(encode, examples[ORIGINAL].tolist(), examples[REWRITTEN].tolist(), words))
@@ -156,15 +153,20 @@ class ExampleIndex:
     def neighbours(self, rewritten_emb: np.ndarray, diff_emb: np.ndarray, k: int, diff_weight: float) -> np.ndarray:
         """(m, k) example rows, most similar first, for m query pairs given as unit embeddings."""
         sim = (1 - diff_weight) * rewritten_emb @ self.rewritten_emb.T + diff_weight * diff_emb @ self.diff_emb.T  # (m, n)
-        k = min(k, sim.shape[1])
-        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # (m, k) unordered
-        order = np.argsort(-np.take_along_axis(sim, top, axis=1), axis=1, kind="stable")
-        return np.take_along_axis(top, order, axis=1)
+        return top_k(sim, k)
 
     def example(self, row: int) -> Example:
         """Row `row` as an Example (texts unflattened, untruncated)."""
         r = self.examples.iloc[int(row)]
         return Example(r[ORIGINAL], r[REWRITTEN], r[PROMPT])
+
+    def rows_of(self, ids: Sequence[str]) -> list[int]:
+        """The rows of example `ids`, in order; one-line error for an id not in the training set."""
+        rows = {i: r for r, i in enumerate(self.examples[ID])}
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise DataError(f"fewshot: fixed example id '{missing[0]}' is not in the training set")
+        return [rows[i] for i in ids]
 
     def save(self, folder: Path) -> None:
         """Write examples.csv (CSV: JSONL lines break on U+2028 in texts) and index.safetensors."""
@@ -185,20 +187,6 @@ class ExampleIndex:
 
         arrays = load_file(str(path))
         return cls(examples[[ID, ORIGINAL, REWRITTEN, PROMPT]], arrays["rewritten"], arrays["diff"])
-
-
-def typical_rows(prompts: Sequence[str], encode: Callable[[list[str]], np.ndarray], k: int) -> list[int]:
-    """Rows of the k distinct prompts with the highest mean cos**3 against all prompts (fixed examples)."""
-    emb = encode(list(prompts))  # (n, d) unit rows
-    mean_scs = ((emb @ emb.T) ** 3).mean(axis=1)  # (n,)
-    chosen, seen = [], set()
-    for row in np.argsort(-mean_scs, kind="stable"):
-        if prompts[row].strip().lower() not in seen:
-            chosen.append(int(row))
-            seen.add(prompts[row].strip().lower())
-        if len(chosen) == k:
-            break
-    return chosen
 
 
 # ---- the method ---------------------------------------------------------------------------------------------
@@ -223,14 +211,11 @@ class FewShotMethod:
 
     def __init__(self, config: FewShotConfig | None = None):
         self.config = config or FewShotConfig()
-        if self.config.selection not in ("retrieved", "fixed"):
-            raise DataError(f"fewshot: selection must be 'retrieved' or 'fixed', not '{self.config.selection}'")
-        if self.config.template not in ("auto", "chat", "completion"):
-            raise DataError(f"fewshot: template must be auto, chat or completion, not '{self.config.template}'")
-        if self.config.example_tokens is None:
-            self.config.example_tokens = 128 if self.config.selection == "fixed" else 64
         self.index: ExampleIndex | None = None
-        self.generator = None  # loaded on first predict, or set by the caller
+        # Learned by `fit` and saved beside the config: the fixed examples' ids and the fallback prompt.
+        self.fixed_ids: list[str] = list(self.config.fixed_ids)
+        self.fallback_prompt: str = self.config.fallback_prompt
+        self.generator = None  # loaded on first use, or set by the caller
         self.embedder = None  # retrieval embedder (anything with .encode), loaded on first use or set by the caller
         self.fallbacks = 0  # rows of the last predict that got the fallback prompt
 
@@ -244,16 +229,15 @@ class FewShotMethod:
         return self.embedder.encode(texts)
 
     def load_generator(self):
-        """The LLM (preset, short name, path or hub id), loaded once."""
+        """The LLM (offline short name, path or hub id) through its backend, loaded once."""
         if self.generator is None:
-            from promptrec.llm.base import load_generator
+            from promptrec.llm.base import default_backend, load_generator
 
-            model, backend = PRESETS.get(self.config.model, (self.config.model, ""))
-            backend = self.config.backend or backend
+            backend = self.config.backend or default_backend(self.config.model)
             options = {}
-            if (backend or "llamacpp") == "llamacpp" and (model.endswith(".gguf") or model in ("smollm2", "gemma3-270m")):
+            if backend == "llamacpp":
                 options = {"prefix_cache": self.config.prefix_cache, "n_threads": self.config.threads or None}
-            self.generator = load_generator(model, backend or None, **options)
+            self.generator = load_generator(self.config.model, backend, **options)
         return self.generator
 
     def uses_chat(self) -> bool:
@@ -264,54 +248,41 @@ class FewShotMethod:
 
     # -- fit / predict --
     def fit(self, triples: pd.DataFrame) -> None:
-        """Build the example index (pair embeddings) and pick fixed examples and the fallback prompt."""
-        encode = self.encode
-        self.index = ExampleIndex.build(triples, encode, self.config.embed_words)
+        """Build the example index (pair embeddings); learn the fixed examples and the fallback prompt afresh."""
+        self.index = ExampleIndex.build(triples, self.encode, self.config.embed_words)
         prompts = self.index.examples[PROMPT].tolist()
-        if self.config.selection == "fixed" and not self.config.fixed_ids:
-            self.config.fixed_ids = [self.index.examples[ID][r] for r in typical_rows(prompts, encode, self.config.k)]
-        if self.config.select_fallback:
-            from promptrec.methods.constant import best_constant
-
-            self.config.fallback_prompt = best_constant(prompts, encode)
+        self.fixed_ids = []
+        if self.config.selection == "fixed":
+            chosen = self.config.fixed_ids or [
+                self.index.examples[ID][r] for r in most_typical(prompts, self.encode, self.config.k)]
+            self.index.rows_of(chosen)  # a configured id missing from the data fails here, not at predict
+            self.fixed_ids = list(chosen)
+        self.fallback_prompt = self.config.fallback_prompt
+        typical = most_typical(prompts, self.encode) if self.config.select_fallback else []
+        if typical:  # the training prompt with the best mean score against all of them
+            self.fallback_prompt = prompts[typical[0]].strip()
+        log.info("fewshot: %d examples indexed; fallback prompt %r", len(prompts), self.fallback_prompt)
 
     def shots(self, pairs: pd.DataFrame) -> list[list[Example]]:
         """The examples shown for each row, least similar first (the closest sits next to the query)."""
         index = self._require_index()
         if self.config.selection == "fixed":
-            rows = {i: r for r, i in enumerate(index.examples[ID])}
-            missing = [i for i in self.config.fixed_ids if i not in rows]
-            if missing:
-                raise DataError(f"fewshot: fixed example id '{missing[0]}' is not in the training set")
-            fixed = [index.example(rows[i]) for i in self.config.fixed_ids]
-            return [fixed] * len(pairs)
+            return [[index.example(r) for r in index.rows_of(self.fixed_ids)]] * len(pairs)
         rewritten_emb, diff_emb = pair_embeddings(
             self.encode, pairs[ORIGINAL].tolist(), pairs[REWRITTEN].tolist(), self.config.embed_words)
         nearest = index.neighbours(rewritten_emb, diff_emb, self.config.k, self.config.diff_weight)  # (m, k)
         return [[index.example(r) for r in row[::-1]] for row in nearest]
 
-    def codec(self) -> tuple[Encode, Decode]:
-        """Token encode/decode for truncation: the model's own tokenizer where the backend holds one, else words."""
-        llm = getattr(self.generator, "llm", None)  # llama.cpp backend
-        if llm is not None and hasattr(llm, "detokenize"):
-            return (lambda text: llm.tokenize(text.encode("utf-8"), add_bos=False, special=False),
-                    lambda ids: llm.detokenize(ids).decode("utf-8", errors="ignore"))
-        tokenizer = getattr(self.generator, "tokenizer", None)  # transformers / vLLM backends
-        if tokenizer is not None and hasattr(tokenizer, "decode"):
-            return (lambda text: tokenizer.encode(text, add_special_tokens=False),
-                    lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
-        return str.split, " ".join
+    def cut(self, text: str, budget: int) -> str:
+        """`text` flattened and cut to `budget` of the model's own tokens (head and tail kept)."""
+        generator = self.load_generator()
+        return head_tail(flatten(text), budget, generator.tokenize, generator.detokenize)
 
     def render(self, examples: Sequence[Example], original: str, rewritten: str, chat: bool) -> str:
         """The full model input for one row: texts flattened and truncated, then the chat or completion template."""
-        encode, decode = self.codec()
-
-        def cut(text: str, budget: int) -> str:
-            return truncate(flatten(text), budget, encode, decode)
-
-        shown = [Example(cut(e.original, self.config.example_tokens), cut(e.rewritten, self.config.example_tokens),
-                         flatten(e.prompt)) for e in examples]
-        original, rewritten = cut(original, self.config.query_tokens), cut(rewritten, self.config.query_tokens)
+        budget = self.config.example_tokens
+        shown = [Example(self.cut(e.original, budget), self.cut(e.rewritten, budget), flatten(e.prompt)) for e in examples]
+        original, rewritten = self.cut(original, self.config.query_tokens), self.cut(rewritten, self.config.query_tokens)
         if chat:
             messages = chat_messages(shown, original, rewritten)
             try:
@@ -325,8 +296,8 @@ class FewShotMethod:
         chat = self.uses_chat()
         return [self.render(s, o, r, chat) for s, o, r in zip(self.shots(pairs), pairs[ORIGINAL], pairs[REWRITTEN])]
 
-    def predict(self, pairs: pd.DataFrame) -> list[str]:
-        """One parsed instruction per row; unusable answers get the fallback prompt."""
+    def predict(self, pairs: pd.DataFrame) -> list[str | None]:
+        """One parsed instruction per row; unusable answers get the learned fallback prompt (never None)."""
         from promptrec.llm.base import GenerationSettings
 
         generator = self.load_generator()
@@ -338,8 +309,8 @@ class FewShotMethod:
         )
         answers = [capitalize(parse_generation(t, self.config.max_words)) for t in generator.generate(prompts, settings)]
         self.fallbacks = sum(not a.strip() for a in answers)
-        predictions = never_blank(answers, self.config.fallback_prompt)
-        return predictions
+        log.info("fewshot: %d of %d answers unusable, given the fallback prompt", self.fallbacks, len(answers))
+        return never_blank(answers, self.fallback_prompt)
 
     def _require_index(self) -> ExampleIndex:
         if self.index is None:
@@ -348,15 +319,18 @@ class FewShotMethod:
 
     # -- persistence --
     def save(self, folder: Path) -> None:
-        """Write method.json, examples.csv and index.safetensors."""
+        """Write method.json (config, and the learned fixed ids and fallback prompt), examples.csv, index.safetensors."""
         folder = Path(folder)
         self._require_index().save(folder)
-        save_config(folder, self.name, self.config)
+        save_config(folder, self.name, self.config,
+                    state={"fixed_ids": self.fixed_ids, "fallback_prompt": self.fallback_prompt})
 
     @classmethod
     def load(cls, folder: Path) -> "FewShotMethod":
         """Read method.json and the example index."""
-        folder = Path(folder)
-        method = cls(config_from_dict(FewShotConfig, read_config(folder)[1], str(folder)))
-        method.index = ExampleIndex.load(folder)
+        config, state = load_saved(folder, cls)
+        method = cls(config)
+        method.fixed_ids = list(state.get("fixed_ids", method.fixed_ids))
+        method.fallback_prompt = str(state.get("fallback_prompt", method.fallback_prompt))
+        method.index = ExampleIndex.load(Path(folder))
         return method

@@ -2,28 +2,40 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError
-from promptrec.methods.bank import BANK_TEXTS, PromptBank, build_bank, check_dim, default_cache_dir
-from promptrec.methods.base import config_from_dict, never_blank, read_config, safe_child, save_config
+from promptrec.methods.bank import BANK_TEXTS, PromptBank, build_bank, check_dim
+from promptrec.methods.base import load_saved, safe_child, save_config
+from promptrec.metric import UsesEmbedder
+from promptrec.models import cache_dir, pick_device, resolve_model
+from promptrec.vectors import direction, unit_rows
+
+log = logging.getLogger(__name__)
 
 HEAD_WEIGHTS = "head.safetensors"
 LOSSES = ("cosine", "score")
 SHARD_TEXTS = 512  # texts encoded between two cache writes
 
 
+# The defaults are the offline CPU setup; configs/regressor_original.yaml holds the original solution's
+# (deberta-v3-large on a GPU with m = 42, lr 5e-6, batch 4 for 10 epochs, decoding nothing: on one CPU core a
+# 16k-wide head (42 x 384) at batch 4 takes minutes per epoch). Offline we train from cached MiniLM features
+# with a narrow head (m = 2), lr 1e-3, batch 16 and 3 epochs: on the ~2,500 training rows of a CV fold the
+# head overfits after 2-3 epochs whatever its width (fold-0 embedding-space cos**3, proxy: m=8 at 30 epochs
+# 0.104, m=2 at 3 epochs 0.168), and an epoch takes about a second. Decoding adds the `bank` method's
+# direction query with weight 2 (fold 0 / fold 1 decoded cos**3, proxy, training-prompt bank: w=0 0.120 /
+# -, w=1 0.177 / 0.186, w=2 0.192 / 0.195, w=3 - / 0.187); the original decoded nothing (w=0).
 @dataclass
 class RegressorConfig:
-    """Options of the regressor; the defaults are the offline CPU preset (see PRESETS for the original's)."""
+    """Options of the regressor; the defaults are the offline CPU setup (configs/ holds the original's)."""
 
     backbone: str = "minilm"  # frozen encoder (AutoModel): offline short name, hub id or folder
     embedder: str = "proxy"  # metric embedder whose normalised prompt embedding is the target
@@ -56,30 +68,6 @@ class RegressorConfig:
                 raise DataError(f"regressor: {name} must be at least 1, not {getattr(self, name)}")
 
 
-# The original ran deberta-v3-large on a GPU with m = 42, lr 5e-6, batch 4 for 10 epochs: on one CPU core a
-# 16k-wide head (42 x 384) at batch 4 takes minutes per epoch. Offline we train from cached MiniLM features
-# with a narrow head (m = 2), lr 1e-3, batch 16 and 3 epochs: on the ~2,500 training rows of a CV fold the
-# head overfits after 2-3 epochs whatever its width (fold-0 embedding-space cos**3, proxy: m=8 at 30 epochs
-# 0.104, m=2 at 3 epochs 0.168), and an epoch takes about a second. Decoding adds the `bank` method's
-# direction query with weight 2 (fold 0 / fold 1 decoded cos**3, proxy, training-prompt bank: w=0 0.120 /
-# -, w=1 0.177 / 0.186, w=2 0.192 / 0.195, w=3 - / 0.187); the original decoded nothing (w=0).
-PRESETS: dict[str, RegressorConfig] = {
-    "offline": RegressorConfig(),
-    "original": RegressorConfig(
-        backbone="microsoft/deberta-v3-large", embedder="official", max_length=384, multiplier=42,
-        loss="cosine", lr=5e-6, betas=[0.85, 0.999], eps=1e-8, weight_decay=0.005, epochs=10, batch_size=4,
-        grad_clip=250000.0, seed=42, amp=True, direction_weight=0.0,
-    ),
-}
-
-
-def pick_device(name: str) -> str:
-    """`auto` -> cuda when available, else cpu; anything else as given."""
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
 def _text_key(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
 
@@ -88,8 +76,6 @@ class FrozenEncoder:
     """A pretrained encoder read-only: per text, mean-pooled last and second-to-last hidden layers (2H)."""
 
     def __init__(self, backbone: str, max_length: int, device: str = "cpu", batch_size: int = 16, amp: bool = True):
-        from promptrec.models import resolve_model
-
         self.source = resolve_model(backbone)
         self.max_length = max_length
         self.device = device
@@ -303,8 +289,7 @@ def head_predict(head, features: np.ndarray, device: str = "cpu", batch_size: in
     with torch.inference_mode():
         for start in range(0, len(features), batch_size):
             chunks.append(head(torch.from_numpy(features[start : start + batch_size]).to(device)).float().cpu().numpy())
-    pred = np.concatenate(chunks) if chunks else np.zeros((0, head[3].out_features), dtype=np.float32)
-    return pred / np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-12)
+    return unit_rows(np.concatenate(chunks) if chunks else np.zeros((0, head[3].out_features), dtype=np.float32))
 
 
 @dataclass
@@ -327,19 +312,17 @@ class RegressorReport:
         ]
 
 
-class RegressorMethod:
+class RegressorMethod(UsesEmbedder):
     """Predicts the metric embedding of the hidden prompt from frozen-encoder features, then decodes it with a bank."""
 
     name = "regressor"
     Config = RegressorConfig
 
-    def __init__(self, config: RegressorConfig | None = None, log: Callable[[str], None] | None = None):
+    def __init__(self, config: RegressorConfig | None = None):
         self.config = config or RegressorConfig()
-        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.head = None
         self.bank: PromptBank | None = None
         self.losses: list[float] = []
-        self._embedder = None
         self._cache: FeatureCache | None = None
 
     @property
@@ -348,22 +331,12 @@ class RegressorMethod:
         return pick_device(self.config.device)
 
     @property
-    def embedder(self):
-        """The metric embedder, loaded on first use."""
-        if self._embedder is None:
-            from promptrec.metric import load_embedder
-
-            self._embedder = load_embedder(self.config.embedder)
-        return self._embedder
-
-    @property
     def cache(self) -> FeatureCache:
         """The feature cache of this backbone and max_length."""
         if self._cache is None:
             encoder = FrozenEncoder(self.config.backbone, self.config.max_length, self.device,
                                     self.config.encode_batch_size, self.config.amp)
-            folder = (Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir()) if self.config.feature_cache else None
-            self._cache = FeatureCache(encoder, folder)
+            self._cache = FeatureCache(encoder, cache_dir(self.config.cache_dir) if self.config.feature_cache else None)
         return self._cache
 
     def fit(self, triples: pd.DataFrame) -> None:
@@ -372,7 +345,7 @@ class RegressorMethod:
         texts = pair_texts(triples)
         distinct, cached = len(set(texts)), self.cache.cached(texts)
         # shards written by an interrupted run are read back here, so a rerun only encodes the rest
-        self.log(f"regressor: features for {distinct} texts: {cached} from cache, {distinct - cached} to encode")
+        log.info("regressor: features for %d texts: %d from cache, %d to encode", distinct, cached, distinct - cached)
         features = self.cache.pair_features(triples)  # (n, 4H)
         targets = self.embedder.encode(prompts)  # (n, D) unit rows
         self.head, self.losses = train_head(features, targets, self.config, self.cache.encoder.initializer_range(),
@@ -395,8 +368,8 @@ class RegressorMethod:
         """(n, D) bank queries: the prediction, plus `direction_weight` times the `bank` method's direction query."""
         if not self.config.direction_weight:
             return pred
-        shift = self.embedder.encode([str(t) for t in pairs[REWRITTEN]]) - self.embedder.encode([str(t) for t in pairs[ORIGINAL]])
-        shift /= np.maximum(np.linalg.norm(shift, axis=1, keepdims=True), 1e-12)  # (n, D); zero when texts match
+        shift = direction(self.embedder.encode([str(t) for t in pairs[REWRITTEN]]),
+                          self.embedder.encode([str(t) for t in pairs[ORIGINAL]]))  # (n, D)
         return pred + self.config.direction_weight * shift
 
     def predict_embeddings(self, pairs: pd.DataFrame) -> np.ndarray:
@@ -404,12 +377,11 @@ class RegressorMethod:
 
         The ensemble's `select` mode uses them as its per-row reference.
         """
-        queries = self.decode_queries(pairs, self.head_embeddings(pairs))
-        return queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        return unit_rows(self.decode_queries(pairs, self.head_embeddings(pairs)))
 
     def predict(self, pairs: pd.DataFrame) -> list[str]:
-        """The bank prompt(s) nearest to each (blended) predicted embedding, never blank."""
-        return never_blank(self.bank.decode(self.predict_embeddings(pairs), self.config.top_k))
+        """The bank prompt(s) nearest to each (blended) predicted embedding (bank prompts are never blank)."""
+        return self.bank.decode(self.predict_embeddings(pairs), self.config.top_k)
 
     def report(self, triples: pd.DataFrame) -> RegressorReport:
         """Score predictions on labelled triples in embedding space, decoded, and against the bank oracle."""
@@ -447,7 +419,7 @@ class RegressorMethod:
         from safetensors import safe_open
 
         folder = Path(folder)
-        method = cls(config_from_dict(RegressorConfig, read_config(folder)[1], str(folder)))
+        method = cls(load_saved(folder, cls)[0])
         weights = safe_child(folder, HEAD_WEIGHTS)
         if not weights.is_file() or not (folder / BANK_TEXTS).is_file():
             raise DataError(f"{folder}: incomplete regressor (needs {HEAD_WEIGHTS} and {BANK_TEXTS})")
@@ -466,11 +438,4 @@ class RegressorMethod:
         method.head.load_state_dict(state)
         method.head.to(method.device).eval()
         return method
-
-
-def preset(name: str, **overrides) -> RegressorConfig:
-    """A copy of preset `name` (offline or original) with some fields replaced."""
-    if name not in PRESETS:
-        raise DataError(f"regressor: unknown preset '{name}' (known: {', '.join(PRESETS)})")
-    return dataclasses.replace(PRESETS[name], **overrides)
 

@@ -1,0 +1,94 @@
+"""Orchestration behind the CLI: train one method, fit an ensemble over members, recover a submission.
+
+Each call checks that its output can be written before any expensive work, logs input warnings
+(empty texts) through `logging`, and writes atomically; the CLI only parses arguments and prints results.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from promptrec.data import ID, TRIPLE_COLUMNS, DataError, ensure_writable, iter_table, read_table, write_submission_chunks
+from promptrec.methods.base import CONFIG_FILE, METHODS, Method, checkpoint_beside, config_from_dict, never_blank
+from promptrec.methods.ensemble import EnsembleConfig, EnsembleMethod, parse_members
+
+log = logging.getLogger(__name__)
+Paths = str | Path | Sequence[str | Path]
+
+
+def read_triples(paths: Paths) -> pd.DataFrame:
+    """The `id, original_text, rewrite_prompt, rewritten_text` rows of one file or several, concatenated."""
+    frames = []
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        frame = read_table(path, TRIPLE_COLUMNS)
+        for line in frame.attrs.get("warnings", []):
+            log.warning(line)
+        frames.append(frame)
+    if not frames:
+        raise DataError("no training files given")
+    return pd.concat(frames, ignore_index=True)
+
+
+def train(method: Method, data: Paths, output: str | Path) -> int:
+    """Fit `method` on the triples in `data`, save it to `output`, and return the number of training rows.
+
+    A resumable method (or member of a composite) checkpoints beside `output`, so rerunning continues a killed
+    training. Example: `train(from_name("constant", select=True), "train.csv", "models/constant")`.
+    """
+    output = Path(output)
+    ensure_writable(output / CONFIG_FILE)
+    checkpoint_beside(method, output)
+    triples = read_triples(data)
+    method.fit(triples)
+    method.save(output)
+    return len(triples)
+
+
+def ensemble_config(members: list[str] | None = None, options: dict[str, dict[str, Any]] | None = None) -> EnsembleConfig:
+    """The ensemble over `members` (default: every registered method but the ensemble); `options` maps a member
+    label, or "ensemble" for the ensemble itself, to its options."""
+    options = dict(options or {})
+    specs = members or [name for name in METHODS if name != EnsembleMethod.name]
+    labels = {label for label, _ in parse_members(specs)}
+    own = options.pop(EnsembleMethod.name, {})
+    unknown = sorted(set(options) - labels)
+    if unknown:
+        raise DataError(f"options for '{unknown[0]}', which is not among the methods ({', '.join(sorted(labels))})")
+    return config_from_dict(EnsembleConfig, {**own, "members": list(specs), "member_config": options}, "ensemble")
+
+
+def fit_ensemble(data: Paths, output: str | Path, members: list[str] | None = None,
+                 options: dict[str, dict[str, Any]] | None = None) -> EnsembleMethod:
+    """Train every member and the ensemble over them on the triples in `data`; save all of it in `output`.
+
+    Example: `fit_ensemble(["train.csv"], "models", ["constant", "bank"], {"ensemble": {"mode": "select"}})`.
+    """
+    ensemble = EnsembleMethod(ensemble_config(members, options))
+    train(ensemble, data, output)
+    return ensemble
+
+
+def recover(test_path: str | Path, out_path: str | Path, method: Method, examples: Paths | None = None,
+            chunk_rows: int = 10_000) -> int:
+    """Predict one prompt per row of `test_path`, streamed in chunks, into `id,rewrite_prompt` at `out_path`.
+
+    `examples` (triples) fit the method first. Rows the method abstains on get `never_blank`'s fallback prompt.
+    Returns the number of rows written. Example: `recover("test.csv", "sub.csv", from_name("constant"))`.
+    """
+    ensure_writable(out_path)
+    if examples is not None:
+        method.fit(read_triples(examples))
+    warnings: list[str] = []
+
+    def predicted():
+        for pairs in iter_table(test_path, chunk_rows=chunk_rows, warnings=warnings):
+            yield pairs[ID].tolist(), never_blank(method.predict(pairs))
+
+    rows = write_submission_chunks(out_path, predicted())
+    for line in warnings:
+        log.warning(line)
+    return rows

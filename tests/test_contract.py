@@ -1,0 +1,81 @@
+"""The method contract, over every registered method: fit -> predict -> save -> load -> the same predictions, and a
+folder saved by one method refuses to load as another, in one line naming both. Tiny random models from conftest."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+
+from promptrec.data import DataError
+from promptrec.methods.base import METHODS, Method, from_name, load_method, method_class
+
+_ROWS = [
+    ("Rewrite this text as a pirate would say it.", "The meeting was moved to Thursday.", "Arr, the meeting be Thursday."),
+    ("Make the text more formal.", "Please lock the door.", "Kindly ensure the door is locked."),
+    ("Turn this into a poem about the sea.", "The projector broke.", "The projector broke, like waves upon the sea."),
+    ("Summarize the text in one sentence.", "We met, talked and left early.", "We met briefly."),
+]
+TRIPLES = pd.DataFrame(
+    [(f"t{i}", original, prompt, rewritten) for i, (prompt, original, rewritten) in enumerate(_ROWS * 2)],
+    columns=["id", "original_text", "rewrite_prompt", "rewritten_text"],
+)
+PAIRS = TRIPLES.drop(columns="rewrite_prompt").assign(id=lambda f: "p" + f["id"])
+
+
+@pytest.fixture(scope="module")
+def contract_options(tiny_t5_embedder_dir, tiny_llama_dir, tmp_path_factory):
+    """Options of each method on the tiny models: enough to run, as little work as possible."""
+    embedder, llm, cache = str(tiny_t5_embedder_dir), str(tiny_llama_dir), str(tmp_path_factory.mktemp("cache"))
+    specific = {
+        "constant": {"select": True, "embedder": embedder},
+        "bank": {"embedder": embedder, "cache_dir": cache},
+        "regressor": {"backbone": llm, "embedder": embedder, "max_length": 16, "multiplier": 1, "epochs": 2,
+                      "batch_size": 4, "cache_dir": cache, "device": "cpu"},
+        "lora": {"model": llm, "r": 4, "alpha": 8, "text_tokens": 16, "batch_size": 4, "epochs": 1, "val_fraction": 0.0,
+                 "select_fallback": False, "max_new_tokens": 4, "checkpoint_steps": 0, "bf16": False,
+                 "infer_bf16": False},
+        "fewshot": {"model": llm, "backend": "hf", "embedder": embedder, "k": 2, "example_tokens": 16,
+                    "query_tokens": 16, "max_new_tokens": 4},
+        "ensemble": {"members": ["constant", "bank"], "mode": "select", "embedder": embedder,
+                     "member_config": {"constant": {"select": True, "embedder": embedder},
+                                       "bank": {"embedder": embedder, "cache_dir": cache}}},
+    }
+    # A method registered later runs on its defaults, every model and embedder field pointed at the tiny models.
+    tiny = {"embedder": embedder, "model": llm, "backbone": llm, "cache_dir": cache, "device": "cpu"}
+
+    def options(name: str) -> dict:
+        if name in specific:
+            return specific[name]
+        fields = {f.name for f in dataclasses.fields(method_class(name).Config)}
+        return {key: value for key, value in tiny.items() if key in fields}
+
+    return options
+
+
+@pytest.mark.parametrize("name", list(METHODS))  # about 2 s each on the tiny models (their fixtures take ~30 s once)
+def test_fit_predict_save_load_predict(name, contract_options, tmp_path, one_thread):
+    method = from_name(name, **contract_options(name))
+    assert isinstance(method, Method) and method.name == name and dataclasses.is_dataclass(method.config)
+    config = dataclasses.asdict(method.config)
+    method.fit(TRIPLES)
+    assert dataclasses.asdict(method.config) == config  # what fit learns is state, never written into the config
+    before = method.predict(PAIRS)
+    assert len(before) == len(PAIRS) and all(p is None or isinstance(p, str) for p in before)
+    method.save(tmp_path / name)
+    assert json.loads((tmp_path / name / "method.json").read_text(encoding="utf-8"))["method"] == name
+    loaded = load_method(tmp_path / name)
+    assert type(loaded) is type(method) and loaded.predict(PAIRS) == before
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_folder_saved_by_another_method_is_refused_in_one_line(name, tmp_path):
+    other = "ensemble" if name == "constant" else "constant"
+    from_name(other).save(tmp_path / other)  # the cheapest saved folders: no fit needed
+    with pytest.raises(DataError) as error:
+        method_class(name).load(tmp_path / other)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(str(tmp_path / other))
+    assert f"'{other}'" in message and f"'{name}'" in message, message
