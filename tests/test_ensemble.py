@@ -213,3 +213,39 @@ def test_members_that_checkpoint_are_pointed_beside_the_output(tmp_path):
     assert ensemble.members["tuned"].checkpoint_folder() == tmp_path / "models" / "tuned.partial"
     assert ensemble.members["tuned"].config.checkpoint_dir is None  # resume_in never writes into the config
     assert not hasattr(ensemble.members["constant"].config, "checkpoint_dir")
+
+
+def _gate_rows(n: int) -> pd.DataFrame:
+    """Rows where member `e` is right when it answers (even rows) and abstains otherwise; `a` is right exactly
+    where `e` abstains; `c` is never right."""
+    truth = ["pirate" if i % 4 < 2 else "poem" for i in range(n)]
+    return pd.DataFrame({
+        "id": [f"r{i}" for i in range(n)], "original_text": [f"text {i}" for i in range(n)],
+        "rewritten_text": [f"rewrite {i}" for i in range(n)], "rewrite_prompt": truth,
+        "e": [t if i % 2 == 0 else "" for i, t in enumerate(truth)],
+        "a": ["formal" if i % 2 == 0 else t for i, t in enumerate(truth)],
+        "c": ["formal"] * n,
+    })
+
+
+def test_gate_learns_from_out_of_fold_predictions_which_member_to_trust(word_embedder, tmp_path):
+    rows = _gate_rows(60)
+    method = _ensemble(word_embedder, mode="gate", members=["c=column", "a=column", "e=column"], gate_ridge=0.01)
+    method.fit(rows)
+    assert method.gate is not None and method.gate.members == ["c", "a", "e"]
+    test = _gate_rows(8)
+    assert method.predict(test) == test["rewrite_prompt"].tolist()  # e where it answered, a elsewhere
+    method.save(tmp_path / "ens")
+    loaded = load_method(tmp_path / "ens")
+    loaded.embedder = word_embedder
+    assert loaded.predict(test) == test["rewrite_prompt"].tolist()
+    np.testing.assert_array_equal(loaded.gate.weights, method.gate.weights)
+
+
+def test_gate_inner_folds_follow_sources_and_every_abstention_gives_none(word_embedder):
+    rows = _gate_rows(12).assign(source=["x.csv"] * 6 + ["y.csv"] * 6)
+    method = _ensemble(word_embedder, mode="gate", members=["e=column"])
+    method.fit(rows)  # two sources -> two inner folds, whatever gate_folds says
+    assert method.members["e"].fitted == 1 and method.predict(_gate_rows(2)) == ["pirate", None]
+    with pytest.raises(DataError, match="gate mode needs a fitted gate"):
+        _ensemble(word_embedder, mode="gate", members=["e=column"]).predict(_gate_rows(2))

@@ -1,4 +1,5 @@
-"""Method `ensemble`: combine any registered methods by joining their prompts or picking one per row."""
+"""Method `ensemble`: combine any registered methods by joining their prompts or picking one per row
+(nearest a reference, or by a gate learned on out-of-fold member predictions)."""
 
 from __future__ import annotations
 
@@ -14,16 +15,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from promptrec.data import PROMPT, DataError
+from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError
 from promptrec.methods.base import (
     FALLBACK_PROMPT, METHODS, Method, PredictsEmbeddings, from_name, load_saved, method_class, never_blank, safe_child,
     save_config,
 )
+from promptrec.methods.gate import Gate, gate_features, pair_change, words
 from promptrec.vectors import unit_rows
 
 log = logging.getLogger(__name__)
 
-MODES = ("concat", "select")
+MODES = ("concat", "select", "gate")
 REFERENCES = ("auto", "centroid")
 _LABEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -34,7 +36,7 @@ class EnsembleConfig:
 
     members: list[str] = field(default_factory=lambda: ["constant"])  # "name" or "label=name"; labels let a method appear twice
     member_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # options per member label
-    mode: str = "concat"  # concat: all members' prompts joined; select: one candidate per row
+    mode: str = "concat"  # concat: all members' prompts joined; select: the candidate nearest a reference; gate: learned pick
     max_subset: int = 1  # select: candidates also join up to this many members (in member order)
     reference: str = "auto"  # select: auto = a member's predicted embedding if one offers it, else the centroid
     suffix: str = ""  # text appended to every prediction; with suffix_steps > 0 fit learns one instead
@@ -42,7 +44,10 @@ class EnsembleConfig:
     suffix_seconds: float = 60.0  # time budget of that optimisation
     separator: str = " "  # joins members' prompts and the suffix
     embedder: str = "proxy"  # metric embedder for select and suffix optimisation: official, proxy or a folder
-    seed: int = 0  # seeds the suffix optimiser
+    seed: int = 0  # seeds the suffix optimiser and the gate's inner folds
+    gate_folds: int = 3  # gate: inner folds for out-of-fold member predictions (one per source when rows name >1 source)
+    gate_rows: int = 0  # gate: >0 predicts at most this many held-out rows per inner fold (LLM members are slow)
+    gate_ridge: float = 1.0  # gate: L2 penalty of each member's score model
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -118,6 +123,7 @@ class EnsembleMethod:
         }
         self.prefit = set(members) & set(self.members)  # labels that fit leaves as they are
         self.learned_suffix: str | None = None  # optimised by fit when suffix_steps > 0; saved as state
+        self.gate: Gate | None = None  # learned by fit in gate mode; saved beside method.json
         self.embedder = None  # set to inject an embedder (tests); otherwise config.embedder is loaded on use
         self.fit_seconds: dict[str, float] = {}
 
@@ -130,7 +136,8 @@ class EnsembleMethod:
         return self.embedder or _shared_embedder(self.config.embedder)
 
     def fit(self, triples: pd.DataFrame) -> None:
-        """Fit every member not given prefit (timed), then optimise the suffix if asked."""
+        """Fit every member not given prefit (timed); learn the gate (gate mode) and the suffix if asked."""
+        self.gate = self.fit_gate(triples) if self.config.mode == "gate" else None
         for label, member in self.members.items():
             if label in self.prefit:
                 continue
@@ -144,6 +151,56 @@ class EnsembleMethod:
 
             search = OptimizeConfig(steps=self.config.suffix_steps, seconds=self.config.suffix_seconds, seed=self.config.seed)
             self.learned_suffix = optimize_prompts(triples[PROMPT].tolist(), self._embedder(), config=search).result.text
+
+    def fit_gate(self, triples: pd.DataFrame) -> Gate:
+        """The gate, trained on members' out-of-fold predictions: fresh members fitted on inner folds (one per source
+        when `triples` has a `source` column naming several, else grouped by original text) predict the rest."""
+        from promptrec.cv import SOURCE, group_folds, scored_rows, source_folds
+
+        triples = triples.reset_index(drop=True)
+        if SOURCE in triples and triples[SOURCE].nunique() > 1:
+            fold_of, _ = source_folds(triples[SOURCE].tolist(), triples[ORIGINAL].tolist())
+        else:
+            fold_of = group_folds(triples[ORIGINAL].tolist(), self.config.gate_folds, self.config.seed)
+        held, predictions, references = [], {label: [] for label in self.members}, []
+        for fold in range(int(fold_of.max()) + 1):
+            rows = scored_rows(fold_of, fold, self.config.gate_rows, self.config.seed)
+            train, pairs = triples[fold_of != fold], triples.iloc[rows].reset_index(drop=True)
+            members = {label: from_name(name, **self.config.member_config.get(label, {})) for label, name in self.config.specs()}
+            for label, member in members.items():
+                member.fit(train)
+                predictions[label] += list(member.predict(pairs))
+            references.append(self._reference(members, pairs))
+            held.append(rows)
+            log.info("gate: inner fold %d of %d predicted (%d rows)", fold + 1, int(fold_of.max()) + 1, len(rows))
+        pairs = triples.iloc[np.concatenate(held)].reset_index(drop=True)
+        reference = None if any(r is None for r in references) else np.concatenate(references)
+        features, answered, prompt_emb = self.gate_inputs(pairs, predictions, reference)
+        truth = self._embedder().encode(pairs[PROMPT].astype(str).tolist())  # (n, d)
+        scores = np.einsum("mnd,nd->mn", prompt_emb, truth) ** 3  # (members, n)
+        return Gate.fit(list(self.members), features, scores, answered, self.config.gate_ridge)
+
+    def _reference(self, members: dict[str, Method], pairs: pd.DataFrame) -> np.ndarray | None:
+        """(n, d) the first member's predicted embeddings, if a member predicts embeddings."""
+        for member in members.values():
+            if isinstance(member, PredictsEmbeddings):
+                return unit_rows(member.predict_embeddings(pairs))
+        return None
+
+    def gate_inputs(self, pairs: pd.DataFrame, predictions: dict[str, list[str | None]],
+                    reference: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The gate's features (m, n, F), which members answered (m, n), and their prompt embeddings (m, n, d)."""
+        embedder = self._embedder()
+        columns = [[p.strip() if isinstance(p, str) else "" for p in predictions[label]] for label in self.members]
+        answered = np.array([[bool(p) for p in col] for col in columns], dtype=bool).reshape(len(columns), len(pairs))
+        prompt_emb = np.stack([embedder.encode([p or FALLBACK_PROMPT for p in col]) for col in columns])  # (m, n, d)
+        texts = embedder.encode([str(t) for t in pairs[ORIGINAL]] + [str(t) for t in pairs[REWRITTEN]])  # (2n, d)
+        change = pair_change(texts[: len(pairs)], texts[len(pairs):])
+        if reference is not None and reference.shape[1] != prompt_emb.shape[2]:
+            reference = None  # a member predicting in another embedder's space gives no reference here
+        features = gate_features(answered, prompt_emb, np.stack([words(col) for col in columns]), change,
+                                 words(pairs[REWRITTEN].tolist()), reference)
+        return features, answered, prompt_emb
 
     def adopt(self, label: str, member: Method) -> None:
         """Use `member`, already fitted, as member `label`: `fit` will not refit it."""
@@ -163,6 +220,8 @@ class EnsembleMethod:
     def combine(self, pairs: pd.DataFrame, predictions: dict[str, list[str | None]]) -> list[str | None]:
         """Prompts from the members' `predictions` (by label); where a member abstains, the first member (in member
         order) that answered stands in for it."""
+        if self.config.mode == "gate":
+            return self.gated(pairs, predictions)
         columns = fill_abstentions([predictions[label] for label in self.members])
         if self.config.mode == "concat":
             chosen = [join_prompts(list(row), self.config.separator) for row in zip(*columns)]
@@ -171,6 +230,18 @@ class EnsembleMethod:
         if self.suffix.strip():
             chosen = [join_prompts([p, self.suffix], self.config.separator) for p in chosen]
         return never_blank(chosen)
+
+    def gated(self, pairs: pd.DataFrame, predictions: dict[str, list[str | None]]) -> list[str | None]:
+        """Per row, the answering member with the best score the gate predicts (None where every member abstained)."""
+        if self.gate is None:
+            raise DataError("ensemble: gate mode needs a fitted gate; run `promptrec fit` first")
+        features, answered, _ = self.gate_inputs(pairs, predictions, self._reference(self.members, pairs))
+        choice = self.gate.choose(features, answered)
+        columns = [predictions[label] for label in self.members]
+        chosen = [columns[m][row] if m >= 0 else None for row, m in enumerate(choice)]
+        if self.suffix.strip():
+            chosen = [join_prompts([p, self.suffix], self.config.separator) if p else None for p in chosen]
+        return chosen
 
     def reference_embeddings(self, pairs: pd.DataFrame, columns: list[list[str]]) -> np.ndarray:
         """(n, d) per-row targets: a member's predicted embeddings (auto, if offered), else the members' centroid."""
@@ -202,6 +273,8 @@ class EnsembleMethod:
         for label, member in self.members.items():
             member.save(safe_child(folder, label))
         save_config(folder, self.name, self.config, state={"suffix": self.learned_suffix})
+        if self.gate is not None:
+            self.gate.save(folder)
 
     @classmethod
     def load(cls, folder: Path) -> "EnsembleMethod":
@@ -212,4 +285,5 @@ class EnsembleMethod:
         method = cls(config, {label: method_class(name).load(safe_child(folder, label)) for label, name in config.specs()})
         method.prefit = set()  # a loaded ensemble refits all its members if fit is called again
         method.learned_suffix = state.get("suffix")
+        method.gate = Gate.load(folder, list(method.members)) if config.mode == "gate" else None
         return method
