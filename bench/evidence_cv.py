@@ -4,11 +4,11 @@ Each group of shared triple files is held out in turn (gemma_1100 + gemma_rerun_
 and prompts); `evidence` and the best constant prompt (`constant`, select=true) are fitted on the other groups.
 Per held-out source: rows, coverage (share of rows the method answers), and on the covered rows the mean score of
 each evidence variant, of the rules alone (unfitted: first template, no abstention), and of the best constant.
-Variants: `templates` (template choice only), `+train` (also the nearest training prompt, alone or joined), and
-`+banks` (the nearest prompt of training prompts plus the three shared prompt lists).
-Run: `promptrec bench evidence_cv [--variants templates,+train,+banks] [--out rows.csv]`.
+Variants: `templates` (fit chooses among the default templates that keep the verb "Rewrite") and `+verbs` (the
+default: templates with the verb learned per cue word too).
+Run: `promptrec bench evidence_cv [--variants templates,+verbs] [--out rows.csv]`.
 Every embedding is cached on disk (PROMPTREC_CACHE or ~/.cache/promptrec, `evidence_cv/`): the first run embeds
-~19,600 list prompts and ~40,000 candidate prompts (about 20 min on a busy 2-core CPU); a rerun reads them back.
+~50,000 candidate and true prompts (about 20 min on a busy 2-core CPU); a rerun reads them back.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from regressor_cv import MemoEmbedder  # noqa: E402
 
 GROUPS = (("gemma_1100.csv", "gemma_rerun_994.csv"), ("gemma_wiki_2977.csv",), ("dolly_gemini_500.csv",),
           ("gpt35_1080.csv",), ("llama3_456.csv",))
-BANK_FILES = ("rewrite_prompts_1832.json", "rewrite_prompts_8547.json", "rewrite_prompts_9205.json")
 
 
 class DiskMemo(MemoEmbedder):
@@ -66,13 +65,13 @@ def load_sources():
 
 def variant_options(name: str) -> dict:
     """EvidenceConfig options of a named variant."""
+    from promptrec.methods.evidence import EvidenceConfig
+
     if name == "templates":
-        return {"modes": ["template"]}
-    if name == "+train":
+        return {"templates": [t for t in EvidenceConfig().templates if "{verb}" not in t]}
+    if name == "+verbs":
         return {}
-    if name == "+banks":
-        return {"bank_files": [str(SHARED / f) for f in BANK_FILES]}
-    raise SystemExit(f"unknown variant '{name}' (known: templates, +train, +banks)")
+    raise SystemExit(f"unknown variant '{name}' (known: templates, +verbs)")
 
 
 def main() -> None:
@@ -87,7 +86,7 @@ def main() -> None:
     from promptrec.models import quiet_libraries, set_threads
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="templates,+train,+banks")
+    parser.add_argument("--variants", default="templates,+verbs")
     parser.add_argument("--embedder", default="proxy")
     parser.add_argument("--out", help="CSV of per-row predictions and scores")
     args, _ = parser.parse_known_args()  # `promptrec bench evidence_cv` passes its own words
@@ -115,10 +114,11 @@ def main() -> None:
             method._embedder = embedder
             method.fit(train)
             rows[name] = method.predict(test)
-            chosen = ", ".join(f"{k}: {'abstain' if c.abstain else repr(c.template) + ' / ' + c.mode} "
+            chosen = ", ".join(f"{k}: {'abstain' if c.abstain else repr(c.template)} "
                                f"({c.rows} rows, {c.train_score:.3f} vs constant {c.baseline:.3f})"
                                for k, c in method.choices.items())
-            print(f"held out {'+'.join(group)} | {name}: {chosen}", flush=True)
+            verbs = ", ".join(f"{k}: {len(v) - 1} cues, else {v['']}" for k, v in method.verbs.items())
+            print(f"held out {'+'.join(group)} | {name}: {chosen}; verbs {verbs}", flush=True)
         for column in ["rules", "constant", *variants]:
             answered = rows[column].map(lambda p: isinstance(p, str) and bool(p.strip())).to_numpy()
             scores = np.full(len(rows), np.nan)

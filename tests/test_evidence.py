@@ -14,7 +14,7 @@ from promptrec.data import TRIPLE_COLUMNS, read_table
 from promptrec.methods.base import from_name, load_method
 from promptrec.methods.evidence import (
     CHOICES_FILE, Evidence, EvidenceConfig, EvidenceMethod, coverage, evidence_table, find_evidence,
-    instruction_clause,
+    instruction_clause, learn_verbs,
 )
 
 
@@ -35,11 +35,11 @@ class BagOfWords:
         return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
-HAND_WRITTEN = [  # rewrite -> (kind, phrase, span, core)
+HAND_WRITTEN = [  # rewrite -> (kind, phrase, span, core, cue)
     ("Sure, here's the text rewritten as a gamer's guide:\n\nLevel 1: the forest.",
-     ("lead_in", "the text rewritten as a gamer's guide", (13, 50), "as a gamer's guide")),
+     ("lead_in", "the text rewritten as a gamer's guide", (13, 50), "as a gamer's guide", "rewritten")),
     ("Sure, here is the rewritten text in the style of a pirate:\nArr.",
-     ("lead_in", "the rewritten text in the style of a pirate", (14, 57), "in the style of a pirate")),
+     ("lead_in", "the rewritten text in the style of a pirate", (14, 57), "in the style of a pirate", "rewritten")),
     ("Certainly! Here's a version of the text for a five-year-old:\n\nOnce upon a time.",
      ("lead_in", "a version of the text for a five-year-old", (18, 59), "for a five-year-old")),
     ("**Sure, here's your online dating profile:**\n\nI like long walks.",
@@ -49,9 +49,9 @@ HAND_WRITTEN = [  # rewrite -> (kind, phrase, span, core)
     ("Sure, here's the rewritten text:\n\n**Event Planner Checklist**\n\n- Book the hall.",
      ("heading", "Event Planner Checklist", (36, 59), "as an Event Planner Checklist")),
     ("Arr, the ship sailed.\n\nI have rewritten the text in the style of a pirate.",
-     ("closing", "in the style of a pirate", (49, 73), "in the style of a pirate")),
+     ("closing", "in the style of a pirate", (49, 73), "in the style of a pirate", "rewritten")),
     ("I'm sorry, but I cannot turn this into a limerick because it is too sad.",
-     ("refusal", "this into a limerick", (29, 49), "into a limerick")),
+     ("refusal", "this into a limerick", (29, 49), "into a limerick", "turn")),
 ]
 NO_EVIDENCE = [
     "The meeting moved to Thursday because the projector broke.",
@@ -81,19 +81,19 @@ def test_instruction_clause():
     assert instruction_clause("the rewritten text") == ""
 
 
-REAL_ROWS = [  # (file, id) -> (kind, phrase, span, core), read from the raw rewritten_text
+REAL_ROWS = [  # (file, id) -> (kind, phrase, span, core, cue), read from the raw rewritten_text
     ("gemma_wiki_2977.csv", "gw01042",
-     ("lead_in", "the text converted into a dramatic monologue", (13, 57), "into a dramatic monologue")),
+     ("lead_in", "the text converted into a dramatic monologue", (13, 57), "into a dramatic monologue", "converted")),
     ("gemma_wiki_2977.csv", "gw02746", ("heading", "Product Recall Notice", (2, 23), "as a Product Recall Notice")),
     ("gemma_wiki_2977.csv", "gw00443",
-     ("refusal", "the text into a manifesto for a utopian society", (23, 70), "into a manifesto for a utopian society")),
+     ("refusal", "the text into a manifesto for a utopian society", (23, 70), "into a manifesto for a utopian society", "convert")),
     ("gemma_rerun_994.csv", "gr00017",
-     ("lead_in", "the text rewritten as a buddy cop show", (14, 52), "as a buddy cop show")),
+     ("lead_in", "the text rewritten as a buddy cop show", (14, 52), "as a buddy cop show", "rewritten")),
     ("gemma_1100.csv", "gm0536", ("heading", "Architect's Dream", (2, 19), "as an Architect's Dream")),
     ("gemma_1100.csv", "gm0728",
-     ("refusal", "a late-night TV monologue joke", (18, 48), "as a late-night TV monologue joke")),
+     ("refusal", "a late-night TV monologue joke", (18, 48), "as a late-night TV monologue joke", "provide")),
     ("llama3_456.csv", "ll0201",
-     ("lead_in", "a rewritten version of the source text in the style of Lee Child", (8, 72), "in the style of Lee Child")),
+     ("lead_in", "a rewritten version of the source text in the style of Lee Child", (8, 72), "in the style of Lee Child", "rewritten")),
 ]
 REAL_WITHOUT = [("gemma_wiki_2977.csv", "gw02509"), ("gemma_1100.csv", "gm0611"), ("llama3_456.csv", "ll0017"),
                 ("dolly_gemini_500.csv", "dg0000"), ("gpt35_1080.csv", "gp0490")]
@@ -132,51 +132,64 @@ def _triples(rewrites: list[str], prompts: list[str]) -> pd.DataFrame:
 
 
 LEARN = _triples(
-    ["Sure, here's the text as a poem:\n\nRoses.", "Sure, here's the text as a song:\n\nLa la.",
-     "Sure, here's the text as a letter:\n\nDear.", "Sure, here's the text as a riddle:\n\nWhat?",
+    ["Sure, here's the text converted into a poem:\n\nRoses.", "Sure, here's the text converted into a song:\n\nLa.",
+     "Sure, here's the text converted into a letter:\n\nDear.", "Sure, here's the text as a riddle:\n\nWhat?",
      "## Cats\n\nMeow.", "## Dogs\n\nWoof.", "## Birds\n\nTweet.", "No evidence here."],
-    ["Rewrite the text as a poem.", "Rewrite the text as a song.", "Rewrite the text as a letter.",
+    ["Convert the text into a poem.", "Convert the text into a song.", "Convert the text into a letter.",
      "Rewrite the text as a riddle.", "Summarize it briefly.", "Summarize it briefly.", "Summarize it briefly.",
      "Summarize it briefly."],
 )
 
 
+def test_learn_verbs_per_cue_and_kind():
+    found = evidence_table(LEARN)
+    # "converted" is seen on 3 rows, each under "Convert"; the lead-in kind as a whole: 3 Convert, 1 Rewrite.
+    assert learn_verbs(found, LEARN["rewrite_prompt"].tolist(), min_rows=3) == {
+        "lead_in": {"": "Convert", "converted": "Convert"}, "heading": {"": "Summarize"}}
+    assert learn_verbs(found, LEARN["rewrite_prompt"].tolist(), min_rows=4) == {
+        "lead_in": {"": "Convert"}, "heading": {"": "Summarize"}}
+
+
 def test_fit_learns_the_template_and_abstains_where_rules_lose():
-    # Templates only: the nearest training prompt to "Make it as a poem." is the true prompt too, a tie.
-    method = EvidenceMethod(EvidenceConfig(templates=["Make it {core}.", "Rewrite the text {core}."], modes=["template"]))
+    method = EvidenceMethod(EvidenceConfig(templates=["Make it {core}.", "{verb} the text {core}."]))
     method._embedder = BagOfWords()
     method.fit(LEARN)
     lead_in, heading = method.choices["lead_in"], method.choices["heading"]
-    # The second template reproduces every lead-in row's prompt word for word; "Make it" shares 3 of 6 words.
-    assert (lead_in.template, lead_in.mode, lead_in.rows, lead_in.abstain) == ("Rewrite the text {core}.", "template", 4, False)
-    assert lead_in.train_score == pytest.approx(1.0)
-    # Headings name no instruction here: the constant "Summarize it briefly." scores 1 on them, any template 0.
+    # The second template with the learned verb reproduces 3 of the 4 lead-in prompts word for word.
+    assert (lead_in.template, lead_in.rows, lead_in.abstain) == ("{verb} the text {core}.", 4, False)
+    # Headings name no instruction here: the constant "Summarize it briefly." scores 1 on them, any template less.
     assert (heading.rows, heading.baseline, heading.abstain) == (3, pytest.approx(1.0), True)
     assert set(method.choices) == {"lead_in", "heading"}
-    pairs = _triples(["Sure, here's the text as a haiku:\n\nOld pond.", "## Fish\n\nBlub.", "Nothing."], ["?"] * 3)
-    assert method.predict(pairs) == ["Rewrite the text as a haiku.", None, None]
+    pairs = _triples(["Sure, here's the text converted into a haiku:\n\nOld pond.", "## Fish\n\nBlub.", "Nothing."],
+                     ["?"] * 3)
+    assert method.predict(pairs) == ["Convert the text into a haiku.", None, None]
 
 
 def test_unfitted_predict_uses_the_first_template_and_abstains_without_evidence():
-    method = from_name("evidence", templates=["Rewrite this text {core}."])
+    method = from_name("evidence", templates=["{verb} this text {core}."])
     pairs = _triples([HAND_WRITTEN[0][0], "Plain text.", HAND_WRITTEN[4][0]], ["?"] * 3)
     assert method.predict(pairs) == ["Rewrite this text as a gamer's guide.", None,
                                      "Rewrite this text as a Time Travel Agency Billboard Ads."]
 
 
 def test_fit_predict_save_load_round_trip(tmp_path):
-    # The real proxy embedder, with the nearest-prompt modes and a bank: every artefact goes through disk.
     method = EvidenceMethod()
+    method._embedder = BagOfWords()
     method.fit(LEARN)
     before = method.predict(LEARN)
+    # Of the default templates, "Rewrite the text {core}." shares most words with "Convert the text into a poem.".
+    assert before[:4] == ["Rewrite the text into a poem.", "Rewrite the text into a song.",
+                          "Rewrite the text into a letter.", "Rewrite the text as a riddle."]
+    assert before[4:] == [None] * 4  # headings abstain, the last row has no evidence
     method.save(tmp_path / "m")
-    saved = json.loads((tmp_path / "m" / CHOICES_FILE).read_text(encoding="utf-8"))
-    assert set(saved) == {"lead_in", "heading"}
-    assert "choices" not in json.loads((tmp_path / "m" / "method.json").read_text(encoding="utf-8"))["config"]
+    learned = json.loads((tmp_path / "m" / CHOICES_FILE).read_text(encoding="utf-8"))
+    assert learned["verbs"]["lead_in"] == {"": "Convert", "converted": "Convert"}
+    assert set(learned["choices"]) == {"lead_in", "heading"}
+    assert set(json.loads((tmp_path / "m" / "method.json").read_text(encoding="utf-8"))["config"]) == {
+        "embedder", "kinds", "templates", "min_verb_rows", "min_gain"}
     loaded = load_method(tmp_path / "m")
     assert isinstance(loaded, EvidenceMethod)
-    assert loaded.choices == method.choices and loaded.predict(LEARN) == before
-    assert before[-1] is None and sum(p is not None for p in before) == 4 + 3 * (not method.choices["heading"].abstain)
+    assert (loaded.choices, loaded.verbs) == (method.choices, method.verbs) and loaded.predict(LEARN) == before
 
 
 def test_coverage_per_source():

@@ -3,9 +3,9 @@
 Real rewrites often say what they were asked to do: a lead-in ("Sure, here's the text rewritten as a gamer's
 guide:"), a title on the first line ("## Time Travel Agency Billboard Ads"), a closing note ("I have rewritten
 the text in the style of a pirate."), or a refusal that restates the task ("I am unable to convert the text into
-a manifesto ..."). `find_evidence` extracts that phrase by rules; `fit` learns, per kind of evidence, which
-phrase -> prompt template (and whether to swap in the nearest bank prompt) scores best on training rows, and
-abstains on kinds that do not beat the best constant prompt. Rows without evidence get None.
+a manifesto ..."). `find_evidence` extracts that phrase by rules; `fit` learns from training triples which verb
+the prompts used for each cue word ("converted" -> "Convert"), which phrase -> prompt template scores best per kind
+of evidence, and abstains on kinds that do not beat the best constant prompt. Rows without evidence get None.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -26,18 +27,20 @@ from promptrec.methods.base import config_from_dict, read_config, safe_child, sa
 log = logging.getLogger(__name__)
 
 KINDS = ("lead_in", "heading", "closing", "refusal")
-MODES = ("template", "nearest", "joined")  # the filled template, the bank prompt nearest to it, or both
 CHOICES_FILE = "evidence.json"
+DEFAULT_VERB = "Rewrite"
 
-# Words that say "the text, changed" and nothing about how: stripped from the front of an extracted phrase.
-_GENERIC = set(
-    "the a an your my this that our text texts passage paragraph paragraphs sentence sentences content version "
+# Words naming the act of rewriting: stripped from a phrase's front, and kept as its cue for the prompt's verb.
+_ACTS = set(
     "rewrite rewritten revised converted transformed adapted rephrased reworded translated framed presented "
-    "described explained recast changed modified edited updated reimagined restyled crafted written completed "
-    "requested original source given provided above following new possible updated final same piece "
-    # nouns for the act of rewriting itself: "the explanation as if it were a magic trick"
+    "described explained recast changed modified edited updated reimagined restyled crafted written "
     "explanation description translation framing rephrasing adaptation transformation conversion revision "
     "reformulation rendition interpretation recasting".split()
+)
+# Words that say "the text, changed" and nothing about how: stripped from the front of an extracted phrase.
+_GENERIC = _ACTS | set(
+    "the a an your my this that our text texts passage paragraph paragraphs sentence sentences content version "
+    "completed requested original source given provided above following new possible final same piece".split()
 )
 # Words that open an instruction clause: "as a poem", "in the style of", "into a riddle", "without jargon".
 _RELATIONS = set(
@@ -63,7 +66,7 @@ _HEADING = re.compile(  # matched against one whole line
     re.IGNORECASE,
 )
 _CLOSING = re.compile(
-    r"(?:^|\n)[\s*]*(?:note:?[\s*]*)?(?:i have|i've|i)\s+(?:rewritten|converted|transformed|adapted|rephrased|"
+    r"(?:^|\n)[\s*]*(?:note:?[\s*]*)?(?:i have|i've|i)\s+(?P<verb>rewritten|converted|transformed|adapted|rephrased|"
     r"revised|changed|modified|recast|reworded|translated|written)\s+(?:the (?:original |source |given )?"
     r"(?:text|passage|paragraph|sentence)|it|this)?\s*(?P<phrase>[^\n.!?]*[^\s\n.!?*])",
     re.IGNORECASE,
@@ -80,13 +83,14 @@ _REFUSAL = re.compile(  # at the start, or after "..., therefore" as Gemma write
 
 @dataclass(frozen=True)
 class Evidence:
-    """The instruction evidence of one rewrite: its kind, the phrase as written, where it sits, and the
-    instruction clause made from it ("as a gamer's guide")."""
+    """The instruction evidence of one rewrite: its kind, the phrase as written, where it sits, the instruction
+    clause made from it ("as a gamer's guide") and the word naming the act ("converted"; "" if none)."""
 
     kind: str  # one of KINDS
     phrase: str  # exactly rewrite[span[0]:span[1]]
     span: tuple[int, int]  # character offsets in the raw rewritten text
     core: str  # the phrase reduced to an instruction clause, e.g. "in the style of a pirate"
+    cue: str = ""  # lowercase act word: a participle of the phrase ("converted") or a refusal's verb ("turn")
 
 
 def _strip_generic(words: list[str], generic: set[str]) -> list[str]:
@@ -94,6 +98,17 @@ def _strip_generic(words: list[str], generic: set[str]) -> list[str]:
     while words and words[0].lower().strip(",") in generic:
         words = words[1:]
     return words
+
+
+def act_cue(phrase: str) -> str:
+    """The first act word among the phrase's leading generic words ("the text converted into ..." -> "converted")."""
+    for word in phrase.replace("**", "").lower().split():
+        word = word.strip(",")
+        if word in _ACTS:
+            return word
+        if word not in _GENERIC:
+            return ""
+    return ""
 
 
 def instruction_clause(phrase: str, generic: set[str] = _GENERIC) -> str:
@@ -124,7 +139,7 @@ def _lead_in(text: str) -> Evidence | None:
     if match is None:
         return None
     core = instruction_clause(match["phrase"])
-    return Evidence("lead_in", match["phrase"], match.span("phrase"), core) if core else None
+    return Evidence("lead_in", match["phrase"], match.span("phrase"), core, act_cue(match["phrase"])) if core else None
 
 
 def _lead_in_end(text: str) -> int:
@@ -160,7 +175,7 @@ def _closing(text: str) -> Evidence | None:
     if match is None:
         return None
     core = instruction_clause(match["phrase"])
-    return Evidence("closing", match["phrase"], match.span("phrase"), core) if core else None
+    return Evidence("closing", match["phrase"], match.span("phrase"), core, match["verb"].lower()) if core else None
 
 
 def _refusal(text: str) -> Evidence | None:
@@ -172,7 +187,7 @@ def _refusal(text: str) -> Evidence | None:
     if all(w in _REFUSAL_GENERIC for w in words) or (len(words) > 1 and words[1] in ("that", "which")):
         return None  # "assistance with that request", "content that is biased": a policy, not the task
     core = instruction_clause(match["phrase"], _GENERIC | _REFUSAL_GENERIC)
-    return Evidence("refusal", match["phrase"], match.span("phrase"), core) if core else None
+    return Evidence("refusal", match["phrase"], match.span("phrase"), core, match["verb"].lower()) if core else None
 
 
 _FINDERS = {"lead_in": _lead_in, "heading": _heading, "closing": _closing, "refusal": _refusal}
@@ -198,50 +213,68 @@ def evidence_table(pairs: pd.DataFrame, kinds: Sequence[str] = KINDS) -> list[Ev
     return [find_evidence(text, kinds) for text in pairs[REWRITTEN].tolist()]
 
 
-def render(template: str, found: Evidence) -> str:
-    """Fill `template` ({core} and/or {phrase}) with one row's evidence."""
-    return template.format(core=found.core, phrase=found.phrase).strip()
+def first_word(prompt: str) -> str:
+    """The capitalised first word of a prompt: its verb in nearly every rewrite prompt ("Convert", "Make")."""
+    match = re.search(r"[A-Za-z]+", prompt)
+    return match[0].capitalize() if match else DEFAULT_VERB
+
+
+def learn_verbs(found: Sequence[Evidence | None], prompts: Sequence[str], min_rows: int) -> dict[str, dict[str, str]]:
+    """Per kind, the most common first word of the true prompts for each cue seen on `min_rows` rows or more,
+    and under "" the most common for the kind as a whole."""
+    counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for evidence, prompt in zip(found, prompts):
+        if evidence is not None:
+            verb = first_word(prompt)
+            counts[evidence.kind, ""][verb] += 1
+            if evidence.cue:
+                counts[evidence.kind, evidence.cue][verb] += 1
+    verbs: dict[str, dict[str, str]] = defaultdict(dict)
+    for (kind, cue), seen in sorted(counts.items()):
+        if cue == "" or seen.total() >= min_rows:
+            verbs[kind][cue] = seen.most_common(1)[0][0]
+    return dict(verbs)
+
+
+def render(template: str, found: Evidence, verbs: dict[str, dict[str, str]]) -> str:
+    """Fill `template` ({verb}, {core}, {phrase}) with one row's evidence; the verb comes from the learned map."""
+    known = verbs.get(found.kind, {})
+    verb = known.get(found.cue) or known.get("") or DEFAULT_VERB
+    return template.format(verb=verb, core=found.core, phrase=found.phrase).strip()
 
 
 @dataclass
 class KindChoice:
-    """What fit learned for one kind of evidence: the template and mode to use, or to abstain."""
+    """What fit learned for one kind of evidence: the template to use, or to abstain."""
 
     template: str
-    mode: str  # one of MODES
-    train_score: float  # mean score of this choice on the training rows of this kind
+    train_score: float  # mean score of this template on the training rows of this kind
     baseline: float  # the best constant prompt's mean score on the same rows
     rows: int
-    abstain: bool  # true when the choice did not beat the baseline by min_gain
+    abstain: bool  # true when the template did not beat the baseline by min_gain
 
 
 @dataclass
 class EvidenceConfig:
     """Options of the evidence method."""
 
-    embedder: str = "proxy"  # metric embedder used by fit (template choice) and the nearest-prompt modes
+    embedder: str = "proxy"  # metric embedder used by fit to score the candidate templates
     kinds: list[str] = field(default_factory=lambda: list(KINDS))  # evidence read, in this order of preference
-    # Candidate phrase -> prompt templates ({core}: "as a gamer's guide"; {phrase}: the words as written);
-    # fit keeps the best per kind. Unfitted, the first one is used for every kind.
+    # Candidate phrase -> prompt templates ({verb}: learned from the cue, "Rewrite" unfitted; {core}: "as a
+    # gamer's guide"; {phrase}: the words as written); fit keeps the best per kind. Unfitted: the first one.
     templates: list[str] = field(default_factory=lambda: [
-        "Rewrite this text {core}.", "Rewrite the text {core}.", "Rewrite this {core}.",
-        "Transform this text {core}.", "Convert this text {core}.", "Rewrite this text: {phrase}.",
+        "Rewrite this {core}.", "{verb} this {core}.", "{verb} it {core}.", "{verb} this text {core}.",
+        "Rewrite this text {core}.", "Rewrite the text {core}.", "{verb} this: {phrase}.",
     ])
-    modes: list[str] = field(default_factory=lambda: list(MODES))  # modes fit may choose among
-    bank_files: list[str] = field(default_factory=list)  # prompt lists searched by the nearest modes
-    training_prompts: bool = True  # the training prompts join the bank too
+    min_verb_rows: int = 3  # a cue gets its own learned verb when seen on this many training rows
     min_gain: float = 0.0  # keep a kind only when it beats the best constant prompt by this on training rows
-    cache_dir: str = ""  # bank-file embedding cache ("" = PROMPTREC_CACHE or ~/.cache/promptrec)
 
     def __post_init__(self):
         for kind in self.kinds:
             if kind not in KINDS:
                 raise DataError(f"evidence: unknown kind '{kind}' (known: {', '.join(KINDS)})")
-        for mode in self.modes:
-            if mode not in MODES:
-                raise DataError(f"evidence: unknown mode '{mode}' (known: {', '.join(MODES)})")
-        if not self.templates or "template" not in self.modes:
-            raise DataError("evidence: needs at least one template and the mode 'template'")
+        if not self.templates:
+            raise DataError("evidence: needs at least one template")
         for template in self.templates:
             if "{core}" not in template and "{phrase}" not in template:
                 raise DataError(f"evidence: template '{template}' has neither {{core}} nor {{phrase}}")
@@ -256,7 +289,7 @@ class EvidenceMethod:
     def __init__(self, config: EvidenceConfig | None = None):
         self.config = config or EvidenceConfig()
         self.choices: dict[str, KindChoice] = {}
-        self.bank = None  # PromptBank, built by fit when a nearest mode is kept
+        self.verbs: dict[str, dict[str, str]] = {}
         self._embedder = None
 
     @property
@@ -269,106 +302,59 @@ class EvidenceMethod:
         return self._embedder
 
     def fit(self, triples: pd.DataFrame) -> None:
-        """Per kind of evidence, choose the template and mode with the best mean score on its training rows."""
-        from promptrec.methods.bank import build_bank
+        """Learn the verb per cue, then per kind the template with the best mean score on its training rows."""
         from promptrec.methods.constant import best_constant
         from promptrec.metric import sharpened_cosine
 
         found = evidence_table(triples, self.config.kinds)
         truths = triples[PROMPT].astype(str).tolist()
-        prompts = truths if self.config.training_prompts else []
-        nearest_modes = set(self.config.modes) - {"template"}
-        self.bank = build_bank(self.embedder, prompts, self.config.bank_files, self.config.cache_dir) \
-            if nearest_modes and (prompts or self.config.bank_files) else None
-        constant = best_constant(truths, self.embedder.encode)
+        self.verbs = learn_verbs(found, truths, self.config.min_verb_rows)
+        constant_emb = self.embedder.encode([best_constant(truths, self.embedder.encode)])  # (1, dim)
         self.choices = {}
         for kind in self.config.kinds:
             rows = [i for i, f in enumerate(found) if f is not None and f.kind == kind]
             if not rows:
                 continue
             true_emb = self.embedder.encode([truths[i] for i in rows])  # (rows, dim)
-            baseline = float(sharpened_cosine(self.embedder.encode([constant]).repeat(len(rows), 0), true_emb).mean())
-            best: tuple[float, str, str] | None = None
-            for template in self.config.templates:
-                candidates = self._candidates(template, [found[i] for i in rows], [truths[i] for i in rows])
-                for mode, texts in candidates.items():
-                    mean = float(sharpened_cosine(self.embedder.encode(texts), true_emb).mean())
-                    if best is None or mean > best[0]:
-                        best = (mean, template, mode)
-            score, template, mode = best
-            self.choices[kind] = KindChoice(template, mode, score, baseline, len(rows),
-                                            abstain=score <= baseline + self.config.min_gain)
-            log.info("evidence %s: %d rows, %s / %s scores %.4f vs constant %.4f%s", kind, len(rows), template, mode,
-                     score, baseline, " -> abstain" if self.choices[kind].abstain else "")
-        if self.bank is not None and not any(c.mode != "template" and not c.abstain for c in self.choices.values()):
-            self.bank = None  # no kept choice searches it: nothing to save
-
-    def _candidates(self, template: str, found: list[Evidence], own: list[str] | None = None) -> dict[str, list[str]]:
-        """The prompts each mode gives these rows with `template`; `own` (fit) are the rows' true prompts, which
-        the nearest search skips, as a test row's prompt is not in the bank."""
-        filled = [render(template, f) for f in found]
-        out = {"template": filled}
-        if self.bank is None or set(self.config.modes) == {"template"}:
-            return out
-        nearest = self._nearest(filled, own)
-        if "nearest" in self.config.modes:
-            out["nearest"] = nearest
-        if "joined" in self.config.modes:
-            out["joined"] = [f"{a} {b}" for a, b in zip(filled, nearest)]
-        return out
-
-    def _nearest(self, texts: list[str], own: list[str] | None = None) -> list[str]:
-        """The bank prompt nearest to each text other than its row's `own` prompt, in chunks so the (rows, bank)
-        cosine matrix stays small."""
-        emb = self.embedder.encode(texts)
-        top = np.concatenate([self.bank.nearest(emb[start : start + 1024], 2)[0] for start in range(0, len(texts), 1024)])
-        first = [self.bank.prompts[i] for i in top[:, 0]]
-        if own is None:
-            return first
-        return [self.bank.prompts[row[1]] if p == o.strip() and len(row) > 1 else p for p, o, row in zip(first, own, top)]
+            baseline = float(sharpened_cosine(constant_emb.repeat(len(rows), 0), true_emb).mean())
+            scores = {template: float(sharpened_cosine(self.embedder.encode(
+                [render(template, found[i], self.verbs) for i in rows]), true_emb).mean())
+                for template in self.config.templates}
+            template = max(scores, key=scores.get)  # the first of equal scores
+            self.choices[kind] = KindChoice(template, scores[template], baseline, len(rows),
+                                            abstain=scores[template] <= baseline + self.config.min_gain)
+            log.info("evidence %s: %d rows, %r scores %.4f vs constant %.4f%s", kind, len(rows), template,
+                     scores[template], baseline, " -> abstain" if self.choices[kind].abstain else "")
 
     def predict(self, pairs: pd.DataFrame) -> list[str | None]:
         """One prompt per row with evidence of a kept kind, None elsewhere. Unfitted: the first template."""
-        found = evidence_table(pairs, self.config.kinds)
-        default = KindChoice(self.config.templates[0], "template", 0.0, 0.0, 0, abstain=False)
-        out: list[str | None] = [None] * len(found)
-        for kind in self.config.kinds:
-            choice = self.choices.get(kind, default)  # a kind fit never saw: the rule's first template
-            rows = [i for i, f in enumerate(found) if f is not None and f.kind == kind]
-            if choice.abstain or not rows:
-                continue
-            texts = self._candidates(choice.template, [found[i] for i in rows]).get(choice.mode)
-            if texts is None:
-                raise DataError(f"evidence: mode '{choice.mode}' needs the prompt bank saved by fit")
-            for i, text in zip(rows, texts):
-                out[i] = text
+        first = KindChoice(self.config.templates[0], 0.0, 0.0, 0, abstain=False)
+        out: list[str | None] = []
+        for found in evidence_table(pairs, self.config.kinds):
+            choice = self.choices.get(found.kind, first) if found is not None else None  # unseen kind: the rule
+            out.append(render(choice.template, found, self.verbs) if choice and not choice.abstain else None)
         return out
 
     def save(self, folder: Path) -> None:
-        """Write method.json, the learned choices (evidence.json) and the bank when a choice searches it."""
+        """Write method.json and the learned verbs and choices (evidence.json)."""
         folder = Path(folder)
         save_config(folder, self.name, self.config)
         with atomic_write(folder / CHOICES_FILE) as handle:
-            json.dump({kind: vars(choice) for kind, choice in self.choices.items()}, handle, indent=2)
-        if self.bank is not None:
-            self.bank.save(folder)
+            json.dump({"verbs": self.verbs, "choices": {k: asdict(c) for k, c in self.choices.items()}}, handle, indent=2)
 
     @classmethod
     def load(cls, folder: Path) -> "EvidenceMethod":
-        """Read method.json, evidence.json and the bank if saved."""
-        from promptrec.methods.bank import BANK_TEXTS, PromptBank, check_dim
-
+        """Read method.json and, when fitted, evidence.json."""
         folder = Path(folder)
         method = cls(config_from_dict(EvidenceConfig, read_config(folder)[1], str(folder)))
         path = safe_child(folder, CHOICES_FILE)
         if path.is_file():
             try:
-                method.choices = {k: KindChoice(**v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
-            except (json.JSONDecodeError, TypeError, AttributeError):
-                raise DataError(f"{path}: not a valid evidence choice file") from None
-        if (folder / BANK_TEXTS).is_file():
-            method.bank = PromptBank.load(folder)
-            check_dim(method.bank, method.embedder, str(folder))
+                learned = json.loads(path.read_text(encoding="utf-8"))
+                method.verbs = {kind: dict(cues) for kind, cues in learned["verbs"].items()}
+                method.choices = {kind: KindChoice(**c) for kind, c in learned["choices"].items()}
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
+                raise DataError(f"{path}: not a valid evidence file") from None
         return method
 
 
