@@ -4,9 +4,9 @@ Each group of shared triple files is held out in turn (gemma_1100 + gemma_rerun_
 and prompts); `evidence` and the best constant prompt (`constant`, select=true) are fitted on the other groups.
 Per held-out source: rows, coverage (share of rows the method answers), and on the covered rows the mean score of
 each evidence variant, of the rules alone (unfitted: first template, no abstention), and of the best constant.
-Variants: `templates` (fit chooses among the default templates that keep the verb "Rewrite") and `+verbs` (the
-default: templates with the verb learned per cue word too).
-Run: `promptrec bench evidence_cv [--variants templates,+verbs] [--out rows.csv]`.
+Variants: `default` (the default config: one template, the verb learned per cue word) and `choice` (fit chooses
+per kind among CHOICE's templates on its training rows).
+Run: `promptrec bench evidence_cv [--variants default,choice] [--out rows.csv]`.
 Every embedding is cached on disk (PROMPTREC_CACHE or ~/.cache/promptrec, `evidence_cv/`): the first run embeds
 ~50,000 candidate and true prompts (about 20 min on a busy 2-core CPU); a rerun reads them back.
 """
@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from regressor import SHARED  # noqa: E402  (the sibling benchmarks' data folder and memo embedder)
 from regressor_cv import MemoEmbedder  # noqa: E402
 
+CHOICE = ("{verb} this {core}.", "Rewrite this {core}.", "{verb} it {core}.", "{verb} this text {core}.",
+          "Rewrite this text {core}.", "Rewrite the text {core}.", "{verb} this: {phrase}.")
 GROUPS = (("gemma_1100.csv", "gemma_rerun_994.csv"), ("gemma_wiki_2977.csv",), ("dolly_gemini_500.csv",),
           ("gpt35_1080.csv",), ("llama3_456.csv",))
 
@@ -65,13 +67,11 @@ def load_sources():
 
 def variant_options(name: str) -> dict:
     """EvidenceConfig options of a named variant."""
-    from promptrec.methods.evidence import EvidenceConfig
-
-    if name == "templates":
-        return {"templates": [t for t in EvidenceConfig().templates if "{verb}" not in t]}
-    if name == "+verbs":
+    if name == "default":
         return {}
-    raise SystemExit(f"unknown variant '{name}' (known: templates, +verbs)")
+    if name == "choice":
+        return {"templates": list(CHOICE)}
+    raise SystemExit(f"unknown variant '{name}' (known: default, choice)")
 
 
 def main() -> None:
@@ -86,7 +86,7 @@ def main() -> None:
     from promptrec.models import quiet_libraries, set_threads
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="templates,+verbs")
+    parser.add_argument("--variants", default="default,choice")
     parser.add_argument("--embedder", default="proxy")
     parser.add_argument("--out", help="CSV of per-row predictions and scores")
     args, _ = parser.parse_known_args()  # `promptrec bench evidence_cv` passes its own words
@@ -117,7 +117,7 @@ def main() -> None:
             chosen = ", ".join(f"{k}: {'abstain' if c.abstain else repr(c.template)} "
                                f"({c.rows} rows, {c.train_score:.3f} vs constant {c.baseline:.3f})"
                                for k, c in method.choices.items())
-            verbs = ", ".join(f"{k}: {len(v) - 1} cues, else {v['']}" for k, v in method.verbs.items())
+            verbs = ", ".join(f"{k}: {len(v)} cues" for k, v in method.verbs.items())
             print(f"held out {'+'.join(group)} | {name}: {chosen}; verbs {verbs}", flush=True)
         for column in ["rules", "constant", *variants]:
             answered = rows[column].map(lambda p: isinstance(p, str) and bool(p.strip())).to_numpy()
@@ -137,7 +137,8 @@ def main() -> None:
 
 
 def summary(table, variants: list[str]):
-    """One line per (source, variant): coverage, its score on covered rows, and rules / constant on those rows."""
+    """One line per (source, variant): coverage, its score on covered rows, and rules / constant on those rows;
+    then the pooled rows and the mean over sources."""
     import pandas as pd
 
     lines = []
@@ -148,7 +149,10 @@ def summary(table, variants: list[str]):
                           "coverage": covered.mean(), "evidence": rows.loc[covered, f"{name} score"].mean(),
                           "rules only": rows.loc[covered, "rules score"].mean(),
                           "best constant": rows.loc[covered, "constant score"].mean()})
-    return pd.DataFrame(lines)
+    frame = pd.DataFrame(lines).astype({"rows": "Int64", "covered": "Int64"})
+    per_source = frame[~frame["source"].str.startswith("all")]
+    means = per_source.groupby("variant", sort=False)[["coverage", "evidence", "rules only", "best constant"]].mean()
+    return pd.concat([frame, means.reset_index().assign(source="mean over sources")], ignore_index=True)
 
 
 if __name__ == "__main__":

@@ -143,11 +143,10 @@ LEARN = _triples(
 
 def test_learn_verbs_per_cue_and_kind():
     found = evidence_table(LEARN)
-    # "converted" is seen on 3 rows, each under "Convert"; the lead-in kind as a whole: 3 Convert, 1 Rewrite.
-    assert learn_verbs(found, LEARN["rewrite_prompt"].tolist(), min_rows=3) == {
-        "lead_in": {"": "Convert", "converted": "Convert"}, "heading": {"": "Summarize"}}
-    assert learn_verbs(found, LEARN["rewrite_prompt"].tolist(), min_rows=4) == {
-        "lead_in": {"": "Convert"}, "heading": {"": "Summarize"}}
+    # "converted" is seen on 3 rows, each under "Convert"; headings and "the text as a riddle" have no cue.
+    assert [f.cue for f in found[:5]] == ["converted", "converted", "converted", "", ""]
+    assert learn_verbs(found, LEARN["rewrite_prompt"].tolist(), min_rows=3) == {"lead_in": {"converted": "Convert"}}
+    assert learn_verbs(found, LEARN["rewrite_prompt"].tolist(), min_rows=4) == {}
 
 
 def test_fit_learns_the_template_and_abstains_where_rules_lose():
@@ -177,13 +176,12 @@ def test_fit_predict_save_load_round_trip(tmp_path):
     method._embedder = BagOfWords()
     method.fit(LEARN)
     before = method.predict(LEARN)
-    # Of the default templates, "Rewrite the text {core}." shares most words with "Convert the text into a poem.".
-    assert before[:4] == ["Rewrite the text into a poem.", "Rewrite the text into a song.",
-                          "Rewrite the text into a letter.", "Rewrite the text as a riddle."]
+    assert before[:4] == ["Convert this into a poem.", "Convert this into a song.", "Convert this into a letter.",
+                          "Rewrite this as a riddle."]  # the learned verb for "converted", else Rewrite
     assert before[4:] == [None] * 4  # headings abstain, the last row has no evidence
     method.save(tmp_path / "m")
     learned = json.loads((tmp_path / "m" / CHOICES_FILE).read_text(encoding="utf-8"))
-    assert learned["verbs"]["lead_in"] == {"": "Convert", "converted": "Convert"}
+    assert learned["verbs"] == {"lead_in": {"converted": "Convert"}}
     assert set(learned["choices"]) == {"lead_in", "heading"}
     assert set(json.loads((tmp_path / "m" / "method.json").read_text(encoding="utf-8"))["config"]) == {
         "embedder", "kinds", "templates", "min_verb_rows", "min_gain"}
