@@ -32,6 +32,7 @@ METHODS: dict[str, str] = {
     "regressor": "promptrec.methods.regressor:RegressorMethod",
     "lora": "promptrec.methods.lora:LoraMethod",
     "fewshot": "promptrec.methods.fewshot:FewShotMethod",
+    "evidence": "promptrec.methods.evidence:EvidenceMethod",
     "ensemble": "promptrec.methods.ensemble:EnsembleMethod",
 }
 

@@ -1,0 +1,380 @@
+"""Method `evidence`: read the instruction a rewriter left in its own output and turn it into a prompt.
+
+Real rewrites often say what they were asked to do: a lead-in ("Sure, here's the text rewritten as a gamer's
+guide:"), a title on the first line ("## Time Travel Agency Billboard Ads"), a closing note ("I have rewritten
+the text in the style of a pirate."), or a refusal that restates the task ("I am unable to convert the text into
+a manifesto ..."). `find_evidence` extracts that phrase by rules; `fit` learns from training triples which verb
+the prompts used for each cue word ("converted" -> "Convert"), which phrase -> prompt template scores best per kind
+of evidence, and abstains on kinds that do not beat the best constant prompt. Rows without evidence get None.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from promptrec.data import PROMPT, REWRITTEN, DataError, atomic_write
+from promptrec.methods.base import config_from_dict, read_config, safe_child, save_config
+
+log = logging.getLogger(__name__)
+
+KINDS = ("lead_in", "heading", "closing", "refusal")
+CHOICES_FILE = "evidence.json"
+DEFAULT_VERB = "Rewrite"
+
+# Words naming the act of rewriting: stripped from a phrase's front, and kept as its cue for the prompt's verb.
+_ACTS = set(
+    "rewrite rewritten revised converted transformed adapted rephrased reworded translated framed presented "
+    "described explained recast changed modified edited updated reimagined restyled crafted written "
+    "explanation description translation framing rephrasing adaptation transformation conversion revision "
+    "reformulation rendition interpretation recasting".split()
+)
+# Words that say "the text, changed" and nothing about how: stripped from the front of an extracted phrase.
+_GENERIC = _ACTS | set(
+    "the a an your my this that our text texts passage paragraph paragraphs sentence sentences content version "
+    "completed requested original source given provided above following new possible final same piece".split()
+)
+# Words that open an instruction clause: "as a poem", "in the style of", "into a riddle", "without jargon".
+_RELATIONS = set(
+    "as in into to with using without from for like through after that so where while by on about "
+    "emphasizing focusing".split()
+)
+_CLAUSE_STARTS = {"as", "in", "into", "with", "using", "without"}
+_INPUT_NOUNS = set("text passage paragraph sentence article segment content original source input".split())
+# Refusals name what they will not do with words that carry no instruction: those phrases are not evidence.
+_REFUSAL_GENERIC = set(
+    "assistance help that this it request content information responses response a an the with any such "
+    "your my these those text".split()
+)
+
+_LEAD_IN = re.compile(
+    r"^[\s*#_>]*(?:(?:sure|certainly|okay|ok|of course|absolutely|alright|great|no problem)\b[^\n:]{0,80}?)?"
+    r"\bhere(?:'s|’s| is| are)\s+(?P<phrase>[^\n:.!?]*[^\s\n:.!?*])",
+    re.IGNORECASE,
+)
+_HEADING = re.compile(  # matched against one whole line
+    r"[ \t]*(?:#{1,6}[ \t]+(?P<hash>[^\n]+?)|\*\*(?P<bold>[^*\n]+?)\*\*[ \t]*:?|"
+    r"(?:title|subject|headline)[ \t]*:[ \t]*(?P<title>[^\n]+?))[ \t]*",
+    re.IGNORECASE,
+)
+_CLOSING = re.compile(
+    r"(?:^|\n)[\s*]*(?:note:?[\s*]*)?(?:i have|i've|i)\s+(?P<verb>rewritten|converted|transformed|adapted|rephrased|"
+    r"revised|changed|modified|recast|reworded|translated|written)\s+(?:the (?:original |source |given )?"
+    r"(?:text|passage|paragraph|sentence)|it|this)?\s*(?P<phrase>[^\n.!?]*[^\s\n.!?*])",
+    re.IGNORECASE,
+)
+_REFUSAL = re.compile(  # at the start, or after "..., therefore" as Gemma writes it
+    r"(?:^\W*|\b(?:therefore|thus|so),?\s+)(?:(?:i'm|i am) sorry,?\s*(?:but\s*)?|i apologize,?\s*(?:but\s*)?|unfortunately,?\s*)?"
+    r"(?:(?:i am|i'm)\s+(?:unable|not able)\s+to|i\s+(?:cannot|can't|can not|won't))\s+"
+    r"(?P<verb>[a-z]+)\s+(?P<phrase>[^\n.!?,;]*?[^\s\n.!?,;])"
+    r"(?=\s*(?:[.!?,;\n]|$|\s+(?:as|because|since|based on|due to|for the text|for this text|from the text|"
+    r"from the given|from the provided|with the (?:given|provided) (?:text|context|information))\b))",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The instruction evidence of one rewrite: its kind, the phrase as written, where it sits, the instruction
+    clause made from it ("as a gamer's guide") and the word naming the act ("converted"; "" if none)."""
+
+    kind: str  # one of KINDS
+    phrase: str  # exactly rewrite[span[0]:span[1]]
+    span: tuple[int, int]  # character offsets in the raw rewritten text
+    core: str  # the phrase reduced to an instruction clause, e.g. "in the style of a pirate"
+    cue: str = ""  # lowercase act word: a participle of the phrase ("converted") or a refusal's verb ("turn")
+
+
+def _strip_generic(words: list[str], generic: set[str]) -> list[str]:
+    """`words` without its leading generic words."""
+    while words and words[0].lower().strip(",") in generic:
+        words = words[1:]
+    return words
+
+
+def act_cue(phrase: str) -> str:
+    """The first act word among the phrase's leading generic words ("the text converted into ..." -> "converted")."""
+    for word in phrase.replace("**", "").lower().split():
+        word = word.strip(",")
+        if word in _ACTS:
+            return word
+        if word not in _GENERIC:
+            return ""
+    return ""
+
+
+def instruction_clause(phrase: str, generic: set[str] = _GENERIC) -> str:
+    """The instruction clause of an extracted phrase: generic leading words ("the rewritten text") and trailing
+    asides ("you requested") go; a bare noun phrase becomes "as a <noun phrase>". Empty when nothing is left."""
+    words = _strip_generic(phrase.replace("**", "").split(), generic)
+    if words and words[0].lower() == "of":
+        # "(a rewritten version) of the source text in the style of X": the of-part names the input; without
+        # an input noun ("(a description) of the plan as an extreme sport") the instruction starts at "as".
+        nouns = [i for i, w in enumerate(words[:5]) if w.lower().strip(",") in _INPUT_NOUNS]
+        later = [i for i, w in enumerate(words) if w.lower() in _CLAUSE_STARTS]
+        cut = nouns[0] + 1 if nouns else later[0] if later else 1
+        words = _strip_generic(words[cut:], generic)
+    text = re.sub(r"\s*,?\s*(?:that )?(?:you(?:'ve| have)? (?:requested|asked for|provided|described)|as requested|"
+                  r"for you|(?:from|of|based on|for) the (?:given |provided |original |source )?(?:text|passage|context))$",
+                  "", " ".join(words), flags=re.IGNORECASE).strip(" ,;-–")
+    if not text or all(w.lower() in generic for w in text.split()):
+        return ""
+    first = text.split()[0]
+    if first.lower() in _RELATIONS:
+        return text
+    return f"as {'an' if first[0].lower() in 'aeiou' else 'a'} {text}"
+
+
+def _lead_in(text: str) -> Evidence | None:
+    """A "Sure, here's <phrase>:" opening whose phrase names more than "the text"."""
+    match = _LEAD_IN.match(text[:600])
+    if match is None:
+        return None
+    core = instruction_clause(match["phrase"])
+    return Evidence("lead_in", match["phrase"], match.span("phrase"), core, act_cue(match["phrase"])) if core else None
+
+
+def _lead_in_end(text: str) -> int:
+    """Where the text after a lead-in line starts (0 when there is no lead-in)."""
+    match = _LEAD_IN.match(text[:600])
+    if match is None:
+        return 0
+    newline = text.find("\n", match.end())
+    return len(text) if newline < 0 else newline + 1
+
+
+def _heading(text: str) -> Evidence | None:
+    """A title on the first non-empty line (after any lead-in): `## X`, `**X**` or `Title: X`."""
+    line = re.compile(r"[^\n]*\S[^\n]*").search(text, _lead_in_end(text))
+    match = _HEADING.fullmatch(text, *line.span()) if line else None
+    if match is None:
+        return None
+    group = next(g for g in ("hash", "bold", "title") if match[g] is not None)
+    # Trim markup and a trailing colon inside the group, so the span covers exactly the phrase.
+    inner = re.compile(r"[^\s*#:_]([^\n]*[^\s*#:_])?").search(text, *match.span(group))
+    if inner is None:
+        return None
+    phrase = inner[0]
+    if "[" in phrase or phrase.endswith(",") or len(phrase.split()) > 15 or _LEAD_IN.match(phrase):
+        return None  # placeholders ("[Your Name]"), salutations ("Dear Sir,"), sentences, bold lead-ins
+    return Evidence("heading", phrase, inner.span(), instruction_clause(phrase))
+
+
+def _closing(text: str) -> Evidence | None:
+    """A closing note in the last paragraph: "I have rewritten the text in the style of a pirate."."""
+    tail_start = max(text.rstrip().rfind("\n"), 0)
+    match = _CLOSING.search(text, tail_start)
+    if match is None:
+        return None
+    core = instruction_clause(match["phrase"])
+    return Evidence("closing", match["phrase"], match.span("phrase"), core, match["verb"].lower()) if core else None
+
+
+def _refusal(text: str) -> Evidence | None:
+    """A refusal restating the task: "I cannot provide a haiku based on ..." -> "a haiku"."""
+    match = _REFUSAL.search(text[:300])
+    if match is None:
+        return None
+    words = [w.lower() for w in match["phrase"].split()]
+    if all(w in _REFUSAL_GENERIC for w in words) or (len(words) > 1 and words[1] in ("that", "which")):
+        return None  # "assistance with that request", "content that is biased": a policy, not the task
+    core = instruction_clause(match["phrase"], _GENERIC | _REFUSAL_GENERIC)
+    return Evidence("refusal", match["phrase"], match.span("phrase"), core, match["verb"].lower()) if core else None
+
+
+_FINDERS = {"lead_in": _lead_in, "heading": _heading, "closing": _closing, "refusal": _refusal}
+
+
+def find_evidence(rewrite: str, kinds: Sequence[str] = KINDS) -> Evidence | None:
+    """The first evidence found in `rewrite`, trying `kinds` in order; None when it has none.
+
+    >>> find_evidence("Sure, here's the text rewritten as a gamer's guide:\\n\\nLevel 1 ...").core
+    "as a gamer's guide"
+    """
+    if not isinstance(rewrite, str) or not rewrite.strip():
+        return None
+    for kind in kinds:
+        found = _FINDERS[kind](rewrite)
+        if found is not None:
+            return found
+    return None
+
+
+def evidence_table(pairs: pd.DataFrame, kinds: Sequence[str] = KINDS) -> list[Evidence | None]:
+    """The evidence of every row's raw rewritten text, in order."""
+    return [find_evidence(text, kinds) for text in pairs[REWRITTEN].tolist()]
+
+
+def first_word(prompt: str) -> str:
+    """The capitalised first word of a prompt: its verb in nearly every rewrite prompt ("Convert", "Make")."""
+    match = re.search(r"[A-Za-z]+", prompt)
+    return match[0].capitalize() if match else DEFAULT_VERB
+
+
+def learn_verbs(found: Sequence[Evidence | None], prompts: Sequence[str], min_rows: int) -> dict[str, dict[str, str]]:
+    """Per kind, the most common first word of the true prompts for each cue seen on `min_rows` rows or more.
+
+    Only cues get a verb: the rewriter echoes the prompt's verb ("converted" for "Convert"), which carries over to
+    new sources, while a kind's most common verb is the style of its training sources (leave-one-source-out:
+    it lowered cue-less rows from 0.278 to 0.266 [proxy])."""
+    counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for evidence, prompt in zip(found, prompts):
+        if evidence is not None and evidence.cue:
+            counts[evidence.kind, evidence.cue][first_word(prompt)] += 1
+    verbs: dict[str, dict[str, str]] = defaultdict(dict)
+    for (kind, cue), seen in sorted(counts.items()):
+        if seen.total() >= min_rows:
+            verbs[kind][cue] = seen.most_common(1)[0][0]
+    return dict(verbs)
+
+
+def render(template: str, found: Evidence, verbs: dict[str, dict[str, str]]) -> str:
+    """Fill `template` ({verb}, {core}, {phrase}) with one row's evidence; the verb is the one learned for its cue."""
+    verb = verbs.get(found.kind, {}).get(found.cue, DEFAULT_VERB)
+    return template.format(verb=verb, core=found.core, phrase=found.phrase).strip()
+
+
+@dataclass
+class KindChoice:
+    """What fit learned for one kind of evidence: the template to use, or to abstain."""
+
+    template: str
+    train_score: float  # mean score of this template on the training rows of this kind
+    baseline: float  # the best constant prompt's mean score on the same rows
+    rows: int
+    abstain: bool  # true when the template did not beat the baseline by min_gain
+
+
+@dataclass
+class EvidenceConfig:
+    """Options of the evidence method."""
+
+    embedder: str = "proxy"  # metric embedder used by fit to score the candidate templates
+    kinds: list[str] = field(default_factory=lambda: list(KINDS))  # evidence read, in this order of preference
+    # Phrase -> prompt templates ({verb}: learned for the cue, else "Rewrite"; {core}: "as a gamer's guide";
+    # {phrase}: the words as written). With several, fit keeps the best per kind on its training rows; unfitted,
+    # the first is used. One by default: under leave-one-source-out CV (bench/evidence_cv.py) this template beat
+    # the choice fit made among seven ("it" / "this text" / "the text" / ":" {phrase} variants), which follows the
+    # training sources' wording.
+    templates: list[str] = field(default_factory=lambda: ["{verb} this {core}."])
+    min_verb_rows: int = 3  # a cue gets its own learned verb when seen on this many training rows
+    min_gain: float = 0.0  # keep a kind only when it beats the best constant prompt by this on training rows
+
+    def __post_init__(self):
+        for kind in self.kinds:
+            if kind not in KINDS:
+                raise DataError(f"evidence: unknown kind '{kind}' (known: {', '.join(KINDS)})")
+        if not self.templates:
+            raise DataError("evidence: needs at least one template")
+        for template in self.templates:
+            if "{core}" not in template and "{phrase}" not in template:
+                raise DataError(f"evidence: template '{template}' has neither {{core}} nor {{phrase}}")
+
+
+class EvidenceMethod:
+    """Prompts from the instruction evidence in the raw rewrite; abstains (None) on rows without it."""
+
+    name = "evidence"
+    Config = EvidenceConfig
+
+    def __init__(self, config: EvidenceConfig | None = None):
+        self.config = config or EvidenceConfig()
+        self.choices: dict[str, KindChoice] = {}
+        self.verbs: dict[str, dict[str, str]] = {}
+        self._embedder = None
+
+    @property
+    def embedder(self):
+        """The metric embedder, loaded on first use."""
+        if self._embedder is None:
+            from promptrec.metric import load_embedder
+
+            self._embedder = load_embedder(self.config.embedder)
+        return self._embedder
+
+    def fit(self, triples: pd.DataFrame) -> None:
+        """Learn the verb per cue, then per kind the template with the best mean score on its training rows."""
+        from promptrec.methods.constant import best_constant
+        from promptrec.metric import sharpened_cosine
+
+        found = evidence_table(triples, self.config.kinds)
+        truths = triples[PROMPT].astype(str).tolist()
+        self.verbs = learn_verbs(found, truths, self.config.min_verb_rows)
+        constant_emb = self.embedder.encode([best_constant(truths, self.embedder.encode)])  # (1, dim)
+        self.choices = {}
+        for kind in self.config.kinds:
+            rows = [i for i, f in enumerate(found) if f is not None and f.kind == kind]
+            if not rows:
+                continue
+            true_emb = self.embedder.encode([truths[i] for i in rows])  # (rows, dim)
+            baseline = float(sharpened_cosine(constant_emb.repeat(len(rows), 0), true_emb).mean())
+            scores = {template: float(sharpened_cosine(self.embedder.encode(
+                [render(template, found[i], self.verbs) for i in rows]), true_emb).mean())
+                for template in self.config.templates}
+            template = max(scores, key=scores.get)  # the first of equal scores
+            self.choices[kind] = KindChoice(template, scores[template], baseline, len(rows),
+                                            abstain=scores[template] <= baseline + self.config.min_gain)
+            log.info("evidence %s: %d rows, %r scores %.4f vs constant %.4f%s", kind, len(rows), template,
+                     scores[template], baseline, " -> abstain" if self.choices[kind].abstain else "")
+
+    def predict(self, pairs: pd.DataFrame) -> list[str | None]:
+        """One prompt per row with evidence of a kept kind, None elsewhere. Unfitted: the first template."""
+        first = KindChoice(self.config.templates[0], 0.0, 0.0, 0, abstain=False)
+        out: list[str | None] = []
+        for found in evidence_table(pairs, self.config.kinds):
+            choice = self.choices.get(found.kind, first) if found is not None else None  # unseen kind: the rule
+            out.append(render(choice.template, found, self.verbs) if choice and not choice.abstain else None)
+        return out
+
+    def save(self, folder: Path) -> None:
+        """Write method.json and the learned verbs and choices (evidence.json)."""
+        folder = Path(folder)
+        save_config(folder, self.name, self.config)
+        with atomic_write(folder / CHOICES_FILE) as handle:
+            json.dump({"verbs": self.verbs, "choices": {k: asdict(c) for k, c in self.choices.items()}}, handle, indent=2)
+
+    @classmethod
+    def load(cls, folder: Path) -> "EvidenceMethod":
+        """Read method.json and, when fitted, evidence.json."""
+        folder = Path(folder)
+        method = cls(config_from_dict(EvidenceConfig, read_config(folder)[1], str(folder)))
+        path = safe_child(folder, CHOICES_FILE)
+        if path.is_file():
+            try:
+                learned = json.loads(path.read_text(encoding="utf-8"))
+                method.verbs = {kind: dict(cues) for kind, cues in learned["verbs"].items()}
+                method.choices = {kind: KindChoice(**c) for kind, c in learned["choices"].items()}
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
+                raise DataError(f"{path}: not a valid evidence file") from None
+        return method
+
+
+def coverage(predictions: Sequence[str | None], truths: Sequence[str], embedder,
+             sources: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per source (and 'all'): rows, covered rows (a non-blank prediction), coverage, and the mean score of the
+    covered rows' predictions, labelled with the embedder."""
+    from promptrec.metric import score
+
+    covered = np.array([isinstance(p, str) and bool(p.strip()) for p in predictions])
+    per_row = np.full(len(covered), np.nan)
+    if covered.any():
+        kept = np.flatnonzero(covered)
+        per_row[kept] = score([predictions[i] for i in kept], [truths[i] for i in kept], embedder).per_row
+    groups = np.asarray(sources if sources is not None else ["all"] * len(covered), dtype=object)
+    names = list(dict.fromkeys(groups.tolist())) + (["all"] if sources is not None else [])
+    rows = []
+    for name in names:
+        mask = np.ones(len(groups), bool) if name == "all" and sources is not None else groups == name
+        hit = mask & covered
+        rows.append({"source": name, "rows": int(mask.sum()), "covered": int(hit.sum()),
+                     "coverage": float(hit.sum() / max(mask.sum(), 1)),
+                     "score": float(per_row[hit].mean()) if hit.any() else float("nan"), "embedder": embedder.label})
+    return pd.DataFrame(rows)
