@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from promptrec.data import PROMPT, REWRITTEN, DataError, atomic_write
-from promptrec.methods.base import config_from_dict, read_config, safe_child, save_config
+from promptrec.methods.base import load_saved, safe_child, save_config
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ class EvidenceMethod:
     def load(cls, folder: Path) -> "EvidenceMethod":
         """Read method.json and, when fitted, evidence.json."""
         folder = Path(folder)
-        method = cls(config_from_dict(EvidenceConfig, read_config(folder)[1], str(folder)))
+        method = cls(load_saved(folder, cls)[0])
         path = safe_child(folder, CHOICES_FILE)
         if path.is_file():
             try:
