@@ -80,6 +80,11 @@ RULES: dict[str, Callable[[str], str | None]] = {
 }
 
 
+# Rules that delete what a rewriter said about its instruction (lead-ins, titles, refusals): methods such as
+# `evidence` read exactly that at prediction time, so training data keeps it unless asked otherwise.
+EVIDENCE_RULES = ("chatter", "summary_header", "heading_markup", "refusal")
+
+
 @dataclass
 class CleanReport:
     """How many rows each rule changed, out of how many rows."""
@@ -93,11 +98,15 @@ class CleanReport:
         return [f"{name}: {self.hits.get(name, 0)}" for name in RULES]
 
 
-def clean_text(text: str | None) -> tuple[str, list[str]]:
-    """Clean one rewritten text; returns the cleaned text and the names of the rules that fired."""
+def clean_text(text: str | None, keep_evidence: bool = True) -> tuple[str, list[str]]:
+    """Clean one rewritten text; returns the cleaned text and the names of the rules that fired.
+
+    With `keep_evidence` (the default) the EVIDENCE_RULES do not run, so fit sees what recover will see."""
     fired: list[str] = []
     text = text or ""
     for name, rule in RULES.items():
+        if keep_evidence and name in EVIDENCE_RULES:
+            continue
         new = rule(text)
         if new is not None:
             fired.append(name)
@@ -107,12 +116,12 @@ def clean_text(text: str | None) -> tuple[str, list[str]]:
     return text.strip(), fired
 
 
-def clean_texts(texts: Iterable[str | None]) -> tuple[list[str], CleanReport]:
-    """Clean many texts and count the rows each rule hit."""
+def clean_texts(texts: Iterable[str | None], keep_evidence: bool = True) -> tuple[list[str], CleanReport]:
+    """Clean many texts (`clean_text`) and count the rows each rule hit."""
     report = CleanReport()
     cleaned = []
     for text in texts:
-        new, fired = clean_text(text)
+        new, fired = clean_text(text, keep_evidence)
         cleaned.append(new)
         report.rows += 1
         report.empty += not new
@@ -120,12 +129,13 @@ def clean_texts(texts: Iterable[str | None]) -> tuple[list[str], CleanReport]:
     return cleaned, report
 
 
-def clean_frame(src: str | Path, dst: str | Path, drop_empty: bool = False) -> tuple[CleanReport, int]:
-    """Clean the rewritten_text column of table `src` into `dst`; returns the report and rows dropped."""
+def clean_frame(src: str | Path, dst: str | Path, drop_empty: bool = False,
+                keep_evidence: bool = True) -> tuple[CleanReport, int]:
+    """Clean the rewritten_text column of table `src` into `dst` (`clean_text`); returns the report and rows dropped."""
     from promptrec.data import REWRITTEN, read_table, write_table
 
     frame = read_table(src, columns=(REWRITTEN,))
-    frame[REWRITTEN], report = clean_texts(frame[REWRITTEN])
+    frame[REWRITTEN], report = clean_texts(frame[REWRITTEN], keep_evidence)
     kept = frame[frame[REWRITTEN] != ""] if drop_empty else frame
     write_table(dst, kept)
     return report, len(frame) - len(kept)

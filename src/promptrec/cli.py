@@ -89,11 +89,14 @@ def clean(
     src: Annotated[Path, typer.Argument(help="table with a rewritten_text column")],
     dst: Annotated[Path, typer.Argument(help="output table (.csv, .parquet, .jsonl)")],
     drop_empty: Annotated[bool, typer.Option(help="drop rows whose rewrite is empty after cleaning")] = False,
+    keep_evidence: Annotated[bool, typer.Option("--keep-evidence/--strip-evidence", help="keep lead-ins, titles and refusals: recover sees them in test "
+                                                     "rewrites, so training rewrites keep them too")] = True,
 ) -> None:
-    """Clean LLM chatter and refusals out of rewritten texts; print how many rows each rule hit."""
+    """Clean noise (control characters, whitespace, blank lines) out of rewritten texts, and with --strip-evidence
+    also LLM chatter, headings and refusals; print how many rows each rule hit."""
     from promptrec.clean import clean_frame
 
-    report, dropped = clean_frame(src, dst, drop_empty=drop_empty)
+    report, dropped = clean_frame(src, dst, drop_empty=drop_empty, keep_evidence=keep_evidence)
     say(f"cleaned {report.rows} rows -> {dst}")
     for line in report.lines():
         say(f"  {line}")
