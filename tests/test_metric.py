@@ -136,3 +136,29 @@ def test_uses_embedder_loads_the_configured_embedder_once_unless_one_is_set(monk
     toy = metric.Embedder(CountingModel(), "toy")
     other.embedder = toy
     assert other.embedder is toy and loaded == ["proxy"]
+
+
+def test_encode_remembers_texts_and_evicts_the_oldest_first():
+    calls = []
+
+    class Model:
+        tokenizer = type("T", (), {})()
+
+        def get_embedding_dimension(self):
+            return 2
+
+        def encode(self, texts, **_):
+            calls.append(list(texts))
+            return np.array([[len(t), 1.0] for t in texts]) / np.linalg.norm([[len(t), 1.0] for t in texts], axis=1,
+                                                                             keepdims=True)
+
+    from promptrec.metric import Embedder
+
+    embedder = Embedder(Model(), "toy", memo_size=3)
+    first = embedder.encode(["a", "bb", "a"])
+    assert calls == [["a", "bb"]] and first.shape == (3, 2)
+    np.testing.assert_array_equal(embedder.encode(["bb", "ccc"]), np.stack([first[1], embedder.memo["ccc"]]))
+    assert calls[-1] == ["ccc"] and list(embedder.memo) == ["a", "bb", "ccc"]
+    embedder.encode(["dddd", "a"])  # "bb" is the oldest text not asked for now: it goes
+    assert calls[-1] == ["dddd"] and list(embedder.memo) == ["a", "ccc", "dddd"]
+    assert embedder.encode(["e", "ff", "ggg", "hhhh"]).shape == (4, 2) and calls[-1] == ["e", "ff", "ggg", "hhhh"]

@@ -21,11 +21,12 @@ import pandas as pd
 
 from promptrec import checkpoint
 from promptrec.data import (
-    ID, ORIGINAL, PROMPT, REWRITTEN, TRIPLE_COLUMNS, DataError, atomic_write, ensure_writable, key_groups, read_table,
+    ID, ORIGINAL, PROMPT, REWRITTEN, SOURCE, TRIPLE_COLUMNS, DataError, atomic_write, ensure_writable, key_groups,
+    read_table,
 )
 from promptrec.methods.base import Composite, Method, checkpoint_beside, config_from_dict, method_class, never_blank
 from promptrec.methods.ensemble import parse_members
-from promptrec.report import FOLD, METHOD, PREDICTION, SCORE, SOURCE, write_report
+from promptrec.report import FOLD, METHOD, PREDICTION, SCORE, write_report
 
 SCHEMES = ("text", "source")
 

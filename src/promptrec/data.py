@@ -19,6 +19,7 @@ import pandas as pd
 ID, ORIGINAL, REWRITTEN, PROMPT = "id", "original_text", "rewritten_text", "rewrite_prompt"
 PAIR_COLUMNS = (ID, ORIGINAL, REWRITTEN)
 TRIPLE_COLUMNS = (ID, ORIGINAL, PROMPT, REWRITTEN)
+SOURCE = "source"  # the training file a row came from: rewriters differ, so folds and gates can hold files out
 SUBMISSION_COLUMNS = (ID, PROMPT)
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 MIN_FREE_BYTES = 16 * 2**20  # refuse to start a write with less free disk than this

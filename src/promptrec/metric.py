@@ -37,10 +37,14 @@ def _sentencepiece_of(model):
 class Embedder:
     """A SentenceTransformer that returns L2-normalised rows and names itself in every score."""
 
-    def __init__(self, model, label: str, batch_size: int = 64):
+    def __init__(self, model, label: str, batch_size: int = 64, memo_size: int = 200_000):
         self.model = model
         self.label = label
         self.batch_size = batch_size
+        # Texts embedded before, kept in memory: cv, the gate's inner folds and several members embed the same
+        # originals, rewrites and prompts again and again. Oldest entries go first once `memo_size` is reached.
+        self.memo: dict[str, np.ndarray] = {}
+        self.memo_size = memo_size
         # The competition's TF scorer read "</s>" or "[SEP]" in a prediction as plain characters.
         model.tokenizer.split_special_tokens = True
         # Hugging Face's unigram port still matches "</s>" from text; sentencepiece itself never does.
@@ -57,16 +61,27 @@ class Embedder:
         return self.label == OFFICIAL_LABEL
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        """(n, dim) float32 unit rows; each distinct text is embedded once."""
+        """(n, dim) float32 unit rows; each distinct text is embedded once (and remembered, see `memo`)."""
         unique, inverse = np.unique(np.asarray(list(texts), dtype=object).astype(str), return_inverse=True)
+        if len(unique) > self.memo_size:  # more than the memo holds: no point keeping any of it
+            return self.encode_uncached(list(unique), progress)[inverse.reshape(-1)]
+        new = [text for text in unique if text not in self.memo]
+        if new:
+            for text, row in zip(new, self.encode_uncached(new, progress)):
+                self.memo[text] = row
+            wanted = set(unique)
+            excess = len(self.memo) - self.memo_size
+            for text in [t for t in self.memo if t not in wanted][: max(0, excess)]:
+                del self.memo[text]  # oldest first, never a text this call returns
+        rows = np.stack([self.memo[text] for text in unique]) if len(unique) else np.zeros((0, self.dim), np.float32)
+        return rows[inverse.reshape(-1)]
+
+    def encode_uncached(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        """(n, dim) float32 unit rows of `texts`, computed now."""
         if self.sentencepiece is not None:
-            emb = self._encode_sentencepiece(list(unique))
-        else:
-            emb = self.model.encode(
-                list(unique), batch_size=self.batch_size, normalize_embeddings=True,
-                convert_to_numpy=True, show_progress_bar=progress,
-            )
-        return np.asarray(emb, dtype=np.float32)[inverse.reshape(-1)]
+            return np.asarray(self._encode_sentencepiece(texts), dtype=np.float32)
+        return np.asarray(self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                            convert_to_numpy=True, show_progress_bar=progress), dtype=np.float32)
 
     def _encode_sentencepiece(self, texts: list[str]) -> np.ndarray:
         """Tokenize with sentencepiece (as TF sentence-t5 did: pieces + EOS), then run the modules."""

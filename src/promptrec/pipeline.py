@@ -12,7 +12,9 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from promptrec.data import ID, TRIPLE_COLUMNS, DataError, ensure_writable, iter_table, read_table, write_submission_chunks
+from promptrec.data import (
+    ID, SOURCE, TRIPLE_COLUMNS, DataError, ensure_writable, iter_table, read_table, write_submission_chunks,
+)
 from promptrec.methods.base import CONFIG_FILE, METHODS, Method, checkpoint_beside, config_from_dict, never_blank
 from promptrec.methods.ensemble import EnsembleConfig, EnsembleMethod, parse_members
 
@@ -21,10 +23,11 @@ Paths = str | Path | Sequence[str | Path]
 
 
 def read_triples(paths: Paths) -> pd.DataFrame:
-    """The `id, original_text, rewrite_prompt, rewritten_text` rows of one file or several, concatenated."""
+    """The `id, original_text, rewrite_prompt, rewritten_text` rows of one file or several, concatenated, with a
+    `source` column naming each row's file (the ensemble's gate holds files out to learn whom to trust)."""
     frames = []
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
-        frame = read_table(path, TRIPLE_COLUMNS)
+        frame = read_table(path, TRIPLE_COLUMNS).assign(**{SOURCE: Path(path).name})
         for line in frame.attrs.get("warnings", []):
             log.warning(line)
         frames.append(frame)

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from promptrec.data import ID, ORIGINAL, atomic_write, write_table
+from promptrec.data import ID, ORIGINAL, SOURCE, atomic_write, write_table
 
 if TYPE_CHECKING:
     from promptrec.cv import CVResult
 
 # Columns of the out-of-fold table (oof.csv) besides the triples' own.
-SOURCE, FOLD, METHOD, PREDICTION, SCORE = "source", "fold", "method", "prediction", "score"
+FOLD, METHOD, PREDICTION, SCORE = "fold", "method", "prediction", "score"
 LENGTH_BINS = [0, 5, 10, 20, 40, np.inf]  # true-prompt word counts for the score-by-length plot
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError
+from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, SOURCE, DataError
 from promptrec.methods.base import (
     FALLBACK_PROMPT, METHODS, Method, PredictsEmbeddings, from_name, load_saved, method_class, never_blank, safe_child,
     save_config,
@@ -155,7 +155,7 @@ class EnsembleMethod:
     def fit_gate(self, triples: pd.DataFrame) -> Gate:
         """The gate, trained on members' out-of-fold predictions: fresh members fitted on inner folds (one per source
         when `triples` has a `source` column naming several, else grouped by original text) predict the rest."""
-        from promptrec.cv import SOURCE, group_folds, scored_rows, source_folds
+        from promptrec.cv import group_folds, scored_rows, source_folds
 
         triples = triples.reset_index(drop=True)
         if SOURCE in triples and triples[SOURCE].nunique() > 1:
