@@ -249,3 +249,14 @@ def test_gate_inner_folds_follow_sources_and_every_abstention_gives_none(word_em
     assert method.members["e"].fitted == 1 and method.predict(_gate_rows(2)) == ["pirate", None]
     with pytest.raises(DataError, match="gate mode needs a fitted gate"):
         _ensemble(word_embedder, mode="gate", members=["e=column"]).predict(_gate_rows(2))
+
+
+def test_default_ensemble_is_the_gated_offline_members_and_options_merge():
+    from promptrec.pipeline import DEFAULT_MEMBERS, ensemble_config
+
+    config = ensemble_config()
+    assert config.members == DEFAULT_MEMBERS == ["best=constant", "bank", "regressor", "evidence"]
+    assert config.mode == "gate" and config.member_config == {"best": {"select": True}, "bank": {"query": "direction"}}
+    tuned = ensemble_config(None, {"bank": {"top_k": 2}, "ensemble": {"gate_ridge": 3.0}})
+    assert tuned.member_config["bank"] == {"query": "direction", "top_k": 2} and tuned.gate_ridge == 3.0
+    assert ensemble_config(["constant"]).mode == "concat" and ensemble_config(["constant"]).member_config == {}

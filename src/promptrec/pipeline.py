@@ -15,7 +15,7 @@ import pandas as pd
 from promptrec.data import (
     ID, SOURCE, TRIPLE_COLUMNS, DataError, ensure_writable, iter_table, read_table, write_submission_chunks,
 )
-from promptrec.methods.base import CONFIG_FILE, METHODS, Method, checkpoint_beside, config_from_dict, never_blank
+from promptrec.methods.base import CONFIG_FILE, Method, checkpoint_beside, config_from_dict, never_blank
 from promptrec.methods.ensemble import EnsembleConfig, EnsembleMethod, parse_members
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,20 @@ def train(method: Method, data: Paths, output: str | Path) -> int:
     return len(triples)
 
 
+# The offline default ensemble: the evidence a rewriter left, a regressor, a bank search and the best constant,
+# picked per row by a gate learned on out-of-fold predictions (README: leave-one-source-out CV).
+DEFAULT_MEMBERS = ["best=constant", "bank", "regressor", "evidence"]
+DEFAULT_OPTIONS = {"best": {"select": True}, "bank": {"query": "direction"}, EnsembleMethod.name: {"mode": "gate"}}
+
+
 def ensemble_config(members: list[str] | None = None, options: dict[str, dict[str, Any]] | None = None) -> EnsembleConfig:
-    """The ensemble over `members` (default: every registered method but the ensemble); `options` maps a member
-    label, or "ensemble" for the ensemble itself, to its options."""
-    options = dict(options or {})
-    specs = members or [name for name in METHODS if name != EnsembleMethod.name]
+    """The ensemble over `members` (default: DEFAULT_MEMBERS with DEFAULT_OPTIONS under `options`); `options` maps a
+    member label, or "ensemble" for the ensemble itself, to its options."""
+    options = {label: dict(values) for label, values in (options or {}).items()}
+    if not members:
+        for label, values in DEFAULT_OPTIONS.items():
+            options[label] = {**values, **options.get(label, {})}
+    specs = members or DEFAULT_MEMBERS
     labels = {label for label, _ in parse_members(specs)}
     own = options.pop(EnsembleMethod.name, {})
     unknown = sorted(set(options) - labels)
@@ -66,7 +75,8 @@ def ensemble_config(members: list[str] | None = None, options: dict[str, dict[st
 
 def fit_ensemble(data: Paths, output: str | Path, members: list[str] | None = None,
                  options: dict[str, dict[str, Any]] | None = None) -> EnsembleMethod:
-    """Train every member and the ensemble over them on the triples in `data`; save all of it in `output`.
+    """Train every member and the ensemble over them (default: the offline default ensemble) on the triples in
+    `data`; save all of it in `output`.
 
     Example: `fit_ensemble(["train.csv"], "models", ["constant", "bank"], {"ensemble": {"mode": "select"}})`.
     """
