@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -101,17 +102,23 @@ class Embedder:
 
 
 def load_embedder(spec: str = "proxy", device: str | None = None) -> Embedder:
-    """`official` (sentence-t5-base from the hub), `proxy` (packaged MiniLM) or a local model folder."""
+    """`official` (sentence-t5-base from the hub), `proxy` (packaged MiniLM) or a local model folder; loaded once per
+    process and shared, with its memo of embedded texts, by every method and fold that names it."""
+    return _shared_embedder(spec, OFFICIAL_EMBEDDER if spec == "official" else spec, device)
+
+
+@lru_cache(maxsize=8)
+def _shared_embedder(spec: str, source: str, device: str | None) -> Embedder:
     from sentence_transformers import SentenceTransformer
 
     if spec == "proxy":
         return Embedder(SentenceTransformer(str(proxy_embedder_path()), device=device or "cpu"), PROXY_LABEL)
     if spec == "official":
         try:
-            model = SentenceTransformer(OFFICIAL_EMBEDDER, device=device)
+            model = SentenceTransformer(source, device=device)
         except Exception as err:  # hub errors come in many types
             raise DataError(
-                f"cannot load the official embedder {OFFICIAL_EMBEDDER} ({type(err).__name__}); "
+                f"cannot load the official embedder {source} ({type(err).__name__}); "
                 "offline, use --embedder proxy (packaged MiniLM) or --embedder PATH to a local copy"
             ) from None
         return Embedder(model, OFFICIAL_LABEL)

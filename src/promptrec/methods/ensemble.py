@@ -8,7 +8,6 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +82,6 @@ def parse_members(specs: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-@lru_cache(maxsize=4)
-def _shared_embedder(spec: str):
-    from promptrec.metric import load_embedder
-
-    return load_embedder(spec)
-
-
 def candidate_subsets(count: int, max_subset: int) -> list[tuple[int, ...]]:
     """Member index subsets tried by select: singles first, then pairs, ... up to `max_subset`, in member order."""
     return [s for size in range(1, max(1, min(max_subset, count)) + 1) for s in itertools.combinations(range(count), size)]
@@ -133,7 +125,9 @@ class EnsembleMethod:
         return self.config.suffix if self.learned_suffix is None else self.learned_suffix
 
     def _embedder(self):
-        return self.embedder or _shared_embedder(self.config.embedder)
+        from promptrec.metric import load_embedder
+
+        return self.embedder or load_embedder(self.config.embedder)
 
     def fit(self, triples: pd.DataFrame) -> None:
         """Fit every member not given prefit (timed); learn the gate (gate mode) and the suffix if asked."""
