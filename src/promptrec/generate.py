@@ -282,7 +282,8 @@ def _rewrite(
     outputs = generator.generate(requests, settings)
     records = []
     for offset, ((t, p), (text, prompt), raw) in enumerate(zip(chosen, pairs, outputs)):
-        cleaned, _ = clean_text(raw)
+        # A small rewriter's chatter and refusals are its own, not the instruction: drop them (full clean).
+        cleaned, _ = clean_text(raw, keep_evidence=False)
         cut_off = count(raw) >= config.max_new_tokens - 1  # the limit, not the model, ended it
         if cut_off:
             cleaned = trim_unfinished(cleaned)
