@@ -94,6 +94,7 @@ def set_threads(threads: int | None = None) -> int:
 def quiet_libraries() -> None:
     """Silence per-load progress bars and info logs of transformers; ours are enough."""
     import functools
+    import warnings
 
     from transformers import modeling_gguf_pytorch_utils as gguf_loading
     from transformers.utils import logging
@@ -102,6 +103,8 @@ def quiet_libraries() -> None:
     logging.disable_progress_bar()
     if not isinstance(gguf_loading.tqdm, functools.partial):  # its GGUF dequantising bar ignores the switch above
         gguf_loading.tqdm = functools.partial(gguf_loading.tqdm, disable=True)
+    # peft 0.21 asks transformers 5.24 a deprecated question on every LoRA model it wraps: noise for our users
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def require(module: str, install: str = _INSTALL) -> None:
