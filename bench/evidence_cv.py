@@ -106,12 +106,12 @@ def main() -> None:
         truth = test[PROMPT].tolist()
         rows = pd.DataFrame({"id": test["id"], "source": test["source"]})
         rules = EvidenceMethod(EvidenceConfig(embedder=args.embedder))
-        rules._embedder = embedder
+        rules.embedder = embedder
         rows["rules"] = rules.predict(test)
         rows["constant"] = best_constant(train[PROMPT].tolist(), embedder.encode)
         for name in variants:
             method = EvidenceMethod(EvidenceConfig(embedder=args.embedder, **variant_options(name)))
-            method._embedder = embedder
+            method.embedder = embedder
             method.fit(train)
             rows[name] = method.predict(test)
             chosen = ", ".join(f"{k}: {'abstain' if c.abstain else repr(c.template)} "

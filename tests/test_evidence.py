@@ -151,7 +151,7 @@ def test_learn_verbs_per_cue_and_kind():
 
 def test_fit_learns_the_template_and_abstains_where_rules_lose():
     method = EvidenceMethod(EvidenceConfig(templates=["Make it {core}.", "{verb} the text {core}."]))
-    method._embedder = BagOfWords()
+    method.embedder = BagOfWords()
     method.fit(LEARN)
     lead_in, heading = method.choices["lead_in"], method.choices["heading"]
     # The second template with the learned verb reproduces 3 of the 4 lead-in prompts word for word.
@@ -173,7 +173,7 @@ def test_unfitted_predict_uses_the_first_template_and_abstains_without_evidence(
 
 def test_fit_predict_save_load_round_trip(tmp_path):
     method = EvidenceMethod()
-    method._embedder = BagOfWords()
+    method.embedder = BagOfWords()
     method.fit(LEARN)
     before = method.predict(LEARN)
     assert before[:4] == ["Convert this into a poem.", "Convert this into a song.", "Convert this into a letter.",

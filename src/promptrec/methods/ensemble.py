@@ -20,6 +20,7 @@ from promptrec.methods.base import (
     save_config,
 )
 from promptrec.methods.gate import Gate, gate_features, pair_change, words
+from promptrec.metric import UsesEmbedder
 from promptrec.vectors import unit_rows
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def join_prompts(prompts: list[str], separator: str) -> str:
     return separator.join(dict.fromkeys(p.strip() for p in prompts if p.strip()))
 
 
-class EnsembleMethod:
+class EnsembleMethod(UsesEmbedder):
     """Fits every member, then joins their prompts (concat) or picks the candidate nearest a reference (select)."""
 
     name = "ensemble"
@@ -116,18 +117,12 @@ class EnsembleMethod:
         self.prefit = set(members) & set(self.members)  # labels that fit leaves as they are
         self.learned_suffix: str | None = None  # optimised by fit when suffix_steps > 0; saved as state
         self.gate: Gate | None = None  # learned by fit in gate mode; saved beside method.json
-        self.embedder = None  # set to inject an embedder (tests); otherwise config.embedder is loaded on use
         self.fit_seconds: dict[str, float] = {}
 
     @property
     def suffix(self) -> str:
         """The text appended to every prediction: the learned one, else the configured one."""
         return self.config.suffix if self.learned_suffix is None else self.learned_suffix
-
-    def _embedder(self):
-        from promptrec.metric import load_embedder
-
-        return self.embedder or load_embedder(self.config.embedder)
 
     def fit(self, triples: pd.DataFrame) -> None:
         """Fit every member not given prefit (timed); learn the gate (gate mode) and the suffix if asked."""
@@ -144,7 +139,7 @@ class EnsembleMethod:
             from promptrec.optimize import OptimizeConfig, optimize_prompts
 
             search = OptimizeConfig(steps=self.config.suffix_steps, seconds=self.config.suffix_seconds, seed=self.config.seed)
-            self.learned_suffix = optimize_prompts(triples[PROMPT].tolist(), self._embedder(), config=search).result.text
+            self.learned_suffix = optimize_prompts(triples[PROMPT].tolist(), self.embedder, config=search).result.text
 
     def fit_gate(self, triples: pd.DataFrame) -> Gate:
         """The gate, trained on members' out-of-fold predictions: fresh members fitted on inner folds (one per source
@@ -170,7 +165,7 @@ class EnsembleMethod:
         pairs = triples.iloc[np.concatenate(held)].reset_index(drop=True)
         reference = None if any(r is None for r in references) else np.concatenate(references)
         features, answered, prompt_emb = self.gate_inputs(pairs, predictions, reference)
-        truth = self._embedder().encode(pairs[PROMPT].astype(str).tolist())  # (n, d)
+        truth = self.embedder.encode(pairs[PROMPT].astype(str).tolist())  # (n, d)
         scores = np.einsum("mnd,nd->mn", prompt_emb, truth) ** 3  # (members, n)
         return Gate.fit(list(self.members), features, scores, answered, self.config.gate_ridge)
 
@@ -184,7 +179,7 @@ class EnsembleMethod:
     def gate_inputs(self, pairs: pd.DataFrame, predictions: dict[str, list[str | None]],
                     reference: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The gate's features (m, n, F), which members answered (m, n), and their prompt embeddings (m, n, d)."""
-        embedder = self._embedder()
+        embedder = self.embedder
         columns = [[p.strip() if isinstance(p, str) else "" for p in predictions[label]] for label in self.members]
         answered = np.array([[bool(p) for p in col] for col in columns], dtype=bool).reshape(len(columns), len(pairs))
         prompt_emb = np.stack([embedder.encode([p or FALLBACK_PROMPT for p in col]) for col in columns])  # (m, n, d)
@@ -239,7 +234,7 @@ class EnsembleMethod:
 
     def reference_embeddings(self, pairs: pd.DataFrame, columns: list[list[str]]) -> np.ndarray:
         """(n, d) per-row targets: a member's predicted embeddings (auto, if offered), else the members' centroid."""
-        embedder = self._embedder()
+        embedder = self.embedder
         if self.config.reference == "auto":
             for label, member in self.members.items():
                 if isinstance(member, PredictsEmbeddings):
@@ -256,7 +251,7 @@ class EnsembleMethod:
         subsets = candidate_subsets(len(columns), self.config.max_subset)
         rows = list(zip(*columns))
         texts = [[join_prompts([row[i] for i in subset], self.config.separator) for subset in subsets] for row in rows]
-        cand_emb = self._embedder().encode([t for row in texts for t in row]).reshape(len(rows), len(subsets), -1)  # (n, c, d)
+        cand_emb = self.embedder.encode([t for row in texts for t in row]).reshape(len(rows), len(subsets), -1)  # (n, c, d)
         cosine = np.einsum("ncd,nd->nc", cand_emb, unit_rows(reference))  # (n, c)
         # argmax takes the first of equal scores, so ties go to single members, then earlier members.
         return [row[int(i)] for row, i in zip(texts, cosine.argmax(axis=1))]

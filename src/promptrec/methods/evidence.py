@@ -23,6 +23,7 @@ import pandas as pd
 
 from promptrec.data import PROMPT, REWRITTEN, DataError, atomic_write
 from promptrec.methods.base import load_saved, safe_child, save_config
+from promptrec.metric import UsesEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,7 @@ class EvidenceConfig:
                 raise DataError(f"evidence: template '{template}' has neither {{core}} nor {{phrase}}")
 
 
-class EvidenceMethod:
+class EvidenceMethod(UsesEmbedder):
     """Prompts from the instruction evidence in the raw rewrite; abstains (None) on rows without it."""
 
     name = "evidence"
@@ -289,16 +290,6 @@ class EvidenceMethod:
         self.config = config or EvidenceConfig()
         self.choices: dict[str, KindChoice] = {}
         self.verbs: dict[str, dict[str, str]] = {}
-        self._embedder = None
-
-    @property
-    def embedder(self):
-        """The metric embedder, loaded on first use."""
-        if self._embedder is None:
-            from promptrec.metric import load_embedder
-
-            self._embedder = load_embedder(self.config.embedder)
-        return self._embedder
 
     def fit(self, triples: pd.DataFrame) -> None:
         """Learn the verb per cue, then per kind the template with the best mean score on its training rows."""
