@@ -268,7 +268,9 @@ def test_resumed_training_takes_exactly_the_steps_of_an_uninterrupted_one(tiny_l
     assert before.keys() == after.keys() and all(bool((before[k] == after[k]).all()) for k in before)
 
     resumed.save(tmp_path / "run")
-    assert not folder.exists()  # the saved run needs no checkpoint
+    assert not folder.exists()  # the saved run needs no checkpoint folder: its last checkpoint moved into the save
+    assert sorted(p.name for p in (tmp_path / "run" / lora.TRAIN_STATE).iterdir()) == ["checkpoint-000002",
+                                                                                     "manifest.json"]
     assert json.loads((tmp_path / "run" / "method.json").read_text())["config"]["checkpoint_dir"] is None
 
 
@@ -324,3 +326,65 @@ def test_cli_training_killed_with_sigkill_resumes_from_its_checkpoint(tiny_lm_di
     before, after = _lora_weights(straight), _lora_weights(load_method(out))
     assert before.keys() == after.keys()
     assert max(float((before[k] - after[k]).abs().max()) for k in before) < 1e-5
+
+
+def _cli(capsys, *argv) -> tuple[int, str]:
+    """Run the CLI as a user does: (exit code, stderr joined into one line)."""
+    from promptrec.cli import main
+
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    return code, " ".join(capsys.readouterr().err.split())
+
+
+def test_cli_trains_a_finished_fit_further_on_the_same_data_order(tiny_lm_dir, tmp_path, one_thread, messages,
+                                                                  capsys):
+    data, config = tmp_path / "triples.csv", tmp_path / "lora.json"
+    ROWS.to_csv(data, index=False)
+    config.write_text(json.dumps(dict(model=str(tiny_lm_dir), r=8, alpha=16, text_tokens=16, batch_size=2, lr=2e-2,
+                                      val_fraction=0.0, select_fallback=False, eval_steps=1, checkpoint_steps=2)))
+    train = lambda out, *extra: _cli(capsys, "--threads", "1", "train", "lora", data, "-o", tmp_path / out,
+                                     "--config", config, *extra)
+    progress = lambda out: json.loads(next((tmp_path / out / lora.TRAIN_STATE).glob("checkpoint-*/state.json"))
+                                      .read_text())["progress"]
+    assert train("first", "--set", "max_steps=4")[0] == 0
+    assert train("straight", "--set", "max_steps=8")[0] == 0
+    assert train("more", "--from", tmp_path / "first", "--set", "max_steps=8")[0] == 0
+    assert f"lora: continuing from {tmp_path / 'first' / lora.TRAIN_STATE} at update 4 of 8" in messages()
+    history = json.loads((tmp_path / "more" / "history.json").read_text())
+    assert [h["step"] for h in history] == list(range(1, 9))  # the first fit's 4 updates, then 4 more
+    assert json.loads((tmp_path / "more" / "method.json").read_text())["config"]["max_steps"] == 8
+    # the same place in the data as a run planned for 8 updates from the start
+    assert (progress("more")["updates"], progress("more")["epoch"], progress("more")["batch"]) == \
+        (progress("straight")["updates"], progress("straight")["epoch"], progress("straight")["batch"]) == (8, 2, 2)
+    first, more = _lora_weights(load_method(tmp_path / "first")), _lora_weights(load_method(tmp_path / "more"))
+    assert any(not bool((first[k] == more[k]).all()) for k in first)
+
+    ROWS.iloc[:4].to_csv(data, index=False)  # other data: refused in one line, nothing written
+    code, err = train("other", "--from", tmp_path / "first", "--set", "max_steps=8")
+    assert code == 2 and not (tmp_path / "other" / "method.json").exists() and not (tmp_path / "other.partial").exists()
+    assert re.fullmatch(r"error: \S+/first/train_state: a finished training run with other arguments \(data: "
+                        r"'[0-9a-f]{16}', now '[0-9a-f]{16}'\); continue it on the same data with the same options "
+                        r"\(only max_steps, epochs, patience may change\)", err)
+
+
+def test_continuing_needs_a_saved_lora_fit_with_its_train_state(tiny_lm_dir, tmp_path, one_thread, capsys):
+    data = tmp_path / "triples.csv"
+    ROWS.to_csv(data, index=False)
+    method = lora.LoraMethod(_settings(tiny_lm_dir, epochs=1))
+    method.fit(ROWS)
+    method.save(tmp_path / "bare")  # saved outside `train`: no checkpoints, so nothing to continue from
+    capsys.readouterr()
+    invoke = lambda *words: _cli(capsys, "train", *words, data, "-o", tmp_path / "x")
+    assert invoke("lora", "--from", tmp_path / "bare") == (2, f"error: {tmp_path / 'bare'}: no train_state/ to "
+                                                           "continue from (only `promptrec train` and `fit` with "
+                                                           "checkpoint_steps > 0 keep it)")
+    assert invoke("constant", "--from", tmp_path / "bare") == (
+        2, f"error: --from {tmp_path / 'bare'}: holds a saved 'lora' method, not 'constant'")
+    assert not (tmp_path / "x" / "method.json").exists() and not (tmp_path / "x.partial").exists()
+    assert _cli(capsys, "train", "constant", data, "-o", tmp_path / "const")[0] == 0
+    assert invoke("constant", "--from", tmp_path / "const") == (
+        2, f"error: --from {tmp_path / 'const'}: method 'constant' cannot train a finished fit further")

@@ -28,25 +28,31 @@ def open_run(folder: Path, manifest: dict[str, Any], kind: str = "training run")
     """Create `folder` with `manifest`, or check that the unfinished run there had the same one
     (`kind` names the run in the error: "training run", or "run" for generation)."""
     folder = Path(folder)
-    path = folder / MANIFEST
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise DataError(f"{path}: unreadable manifest; delete {folder} to start over") from None
-        manifest = json.loads(json.dumps(manifest))  # tuples become lists, as they were read back
-        changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-        if changed:
-            key = changed[0]
-            raise DataError(
-                f"{folder}: an unfinished {kind} with other arguments ({key}: {old.get(key)!r}, now "
-                f"{manifest.get(key)!r}); re-run with the same arguments to continue it, or delete the folder "
-                "(or choose another output folder) to start over"
-            )
+    if (folder / MANIFEST).is_file():
+        check_run(folder, manifest, f"an unfinished {kind}", "re-run with the same arguments to continue it, or "
+                  "delete the folder (or choose another output folder) to start over")
         return
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as handle:
+    with atomic_write(folder / MANIFEST) as handle:
         handle.write(json.dumps(manifest, indent=1))
+
+
+def check_run(folder: Path, manifest: dict[str, Any], what: str, remedy: str) -> None:
+    """One-line error (`what` the run is, e.g. "an unfinished training run", then `remedy`) unless the run saved in
+    `folder` had `manifest`."""
+    path = Path(folder) / MANIFEST
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{folder}: no {MANIFEST}: not the state of a training run") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"{path}: unreadable manifest; delete {folder} to start over") from None
+    manifest = json.loads(json.dumps(manifest))  # tuples become lists, as they were read back
+    changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+    if changed:
+        key = changed[0]
+        raise DataError(f"{folder}: {what} with other arguments ({key}: {old.get(key)!r}, now "
+                        f"{manifest.get(key)!r}); {remedy}")
 
 
 def _numbers(folder: Path) -> list[int]:
@@ -54,6 +60,11 @@ def _numbers(folder: Path) -> list[int]:
     if not folder.is_dir():
         return []
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _NUMBERED.match(p.name)) and p.is_dir())
+
+
+def has_checkpoint(folder: Path) -> bool:
+    """Whether `folder` holds a complete checkpoint."""
+    return bool(_numbers(Path(folder)))
 
 
 def latest(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -108,6 +119,17 @@ def remove(folder: Path) -> None:
     """Delete the work folder of a finished run."""
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(folder)
+
+
+def move(folder: Path, target: Path) -> None:
+    """Move a finished run's work folder (manifest and newest checkpoint) to `target`, replacing what was there
+    (renames only: a kill midway leaves each state whole, the replaced one as TARGET.old)."""
+    old = target.with_name(f"{target.name}.old")
+    remove(old)
+    if target.exists():
+        os.rename(target, old)
+    os.rename(folder, target)
+    remove(old)
 
 
 def optimizer_parts(optimizer, prefix: str = "optimizer/") -> tuple[dict[str, Any], dict[str, Any]]:

@@ -76,10 +76,16 @@ def _options(pairs: list[str]) -> dict[str, object]:
     return values
 
 
-def _build_method(name: str, config: Optional[Path], settings: list[str]):
-    from promptrec.methods.base import from_name, load_config_file
+def _build_method(name: str, config: Optional[Path], settings: list[str], saved: Optional[Path] = None):
+    """Method `name` with the options saved in `saved` (a folder written by `train`), then --config, then --set."""
+    from promptrec.methods.base import from_name, load_config_file, read_config
 
-    values = load_config_file(config) if config else {}
+    values: dict[str, object] = {}
+    if saved is not None:
+        found, values = read_config(saved)
+        if found != name:
+            raise DataError(f"--from {saved}: holds a saved '{found}' method, not '{name}'")
+    values.update(load_config_file(config) if config else {})
     values.update(_options(settings))
     return from_name(name, **values)
 
@@ -160,12 +166,15 @@ def train(
     output: Annotated[Path, typer.Option("-o", "--output", help="folder to save the trained method")],
     config: ConfigFile = None,
     setting: MethodSet = [],
+    start: Annotated[Optional[Path], typer.Option("--from", help="a folder this method was saved in by `train`: "
+                                                  "train that fit further (its options, then --config, --set)")] = None,
 ) -> None:
     """Train ONE method on triples and save it (JSON config + safetensors/npy, never pickle); re-run the same
-    command to continue an interrupted training from its checkpoint in OUTPUT.partial."""
+    command to continue an interrupted training from its checkpoint in OUTPUT.partial; `--from MODEL --set
+    max_steps=N` trains a finished lora fit on to N updates."""
     from promptrec.pipeline import train as run
 
-    rows = run(_build_method(method, config, setting), data, output)
+    rows = run(_build_method(method, config, setting, saved=start), data, output, start=start)
     say(f"trained {method} on {rows} rows -> {output}")
 
 

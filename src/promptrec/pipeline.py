@@ -15,7 +15,7 @@ import pandas as pd
 from promptrec.data import (
     ID, SOURCE, TRIPLE_COLUMNS, DataError, ensure_writable, iter_table, read_table, write_submission_chunks,
 )
-from promptrec.methods.base import CONFIG_FILE, Method, checkpoint_beside, config_from_dict, never_blank
+from promptrec.methods.base import CONFIG_FILE, Continuable, Method, checkpoint_beside, config_from_dict, never_blank
 from promptrec.methods.ensemble import EnsembleConfig, EnsembleMethod, parse_members
 
 log = logging.getLogger(__name__)
@@ -36,15 +36,20 @@ def read_triples(paths: Paths) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def train(method: Method, data: Paths, output: str | Path) -> int:
+def train(method: Method, data: Paths, output: str | Path, start: str | Path | None = None) -> int:
     """Fit `method` on the triples in `data`, save it to `output`, and return the number of training rows.
 
     A resumable method (or member of a composite) checkpoints beside `output`, so rerunning continues a killed
-    training. Example: `train(from_name("constant", select=True), "train.csv", "models/constant")`.
+    training; `start`, a folder where this method was saved by an earlier `train`, trains that fit further.
+    Example: `train(from_name("constant", select=True), "train.csv", "models/constant")`.
     """
     output = Path(output)
     ensure_writable(output / CONFIG_FILE)
     checkpoint_beside(method, output)
+    if start is not None:
+        if not isinstance(method, Continuable):
+            raise DataError(f"--from {start}: method '{method.name}' cannot train a finished fit further")
+        method.continue_from(Path(start))
     triples = read_triples(data)
     method.fit(triples)
     method.save(output)

@@ -79,6 +79,14 @@ class Resumable(Protocol):
 
 
 @runtime_checkable
+class Continuable(Protocol):
+    """A method whose finished fit can be trained further (`promptrec train ... --from FOLDER`)."""
+
+    def continue_from(self, folder: Path) -> None:
+        """Start the next `fit` from the training state saved with this method in `folder`."""
+
+
+@runtime_checkable
 class Composite(Protocol):
     """A method built from other methods (the ensemble): it fits, saves and checkpoints its members."""
 

@@ -24,6 +24,7 @@ from promptrec.llm.templates import head_tail
 from promptrec.methods.base import FALLBACK_PROMPT, load_saved, never_blank, save_config
 
 ADAPTER_DIR, TOKENIZER_DIR, MERGED_DIR, HISTORY_FILE = "adapter", "tokenizer", "merged", "history.json"
+TRAIN_STATE = "train_state"  # the finished run's last checkpoint, kept so `train --from` can train further
 IGNORE = -100  # label value the causal-LM loss skips
 
 INSTRUCTION = (
@@ -130,6 +131,7 @@ class LoraMethod:
         self.history: list[dict[str, float]] = []  # one entry per evaluation
         self.fallback_prompt = FALLBACK_PROMPT  # learned by fit (select_fallback): rows that clean to nothing get it
         self.resume_dir: Path | None = None  # checkpoint folder given by `resume_in`, when config.checkpoint_dir is unset
+        self.start_dir: Path | None = None  # a finished run's saved state to train further (`continue_from`)
         # Called as on_update(updates, total) after every optimizer update (progress display; tests inject crashes).
         self.on_update: Callable[[int, int], None] | None = None
         self._newlines: list[int] | None = None
@@ -138,6 +140,15 @@ class LoraMethod:
     def resume_in(self, folder: Path) -> None:
         """Checkpoint in `folder` unless `checkpoint_dir` is set; a rerun continues from the newest checkpoint."""
         self.resume_dir = Path(folder)
+
+    def continue_from(self, folder: Path) -> None:
+        """Let the next fit start from the training state saved with the lora method in `folder` (its adapter,
+        optimizer, schedule position and data order) and train on up to the new max_steps / epochs."""
+        state = Path(folder) / TRAIN_STATE
+        if not checkpoint.has_checkpoint(state):
+            raise DataError(f"{folder}: no {TRAIN_STATE}/ to continue from (only `promptrec train` and `fit` with "
+                            "checkpoint_steps > 0 keep it)")
+        self.start_dir = state
 
     def checkpoint_folder(self) -> Path | None:
         """Where training checkpoints go: `checkpoint_dir`, else the `resume_in` folder (None: no checkpoints)."""
@@ -192,7 +203,7 @@ class LoraMethod:
 
     def save(self, folder: Path) -> None:
         """Write method.json (with the fallback prompt), the adapter (safetensors), the tokenizer, history.json
-        and, with merge, merged/; then remove the training checkpoints."""
+        and, with merge, merged/; then move the run's last checkpoint to train_state/ (for `train --from`)."""
         from accelerate import PartialState
 
         if self.model is None:
@@ -214,8 +225,8 @@ class LoraMethod:
         save_config(folder, self.name, dataclasses.replace(self.config, checkpoint_dir=None),
                     state={"fallback_prompt": self.fallback_prompt})
         used = self.checkpoint_folder()
-        if used:  # the run is saved: its checkpoints are no longer needed
-            checkpoint.remove(used)
+        if used and used.is_dir():  # the run is saved: its last checkpoint stays with it, the folder goes
+            checkpoint.move(used, folder / TRAIN_STATE)
 
     @classmethod
     def load(cls, folder: Path) -> "LoraMethod":

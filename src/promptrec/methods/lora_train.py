@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUN_ONLY = ("checkpoint_dir", "checkpoint_steps", "merge")  # options a resumed run may change: they do not alter training
+# Options that say how long to train, not how: a resumed or continued run may change them (a longer run re-plans the
+# learning-rate schedule for its new total from where the saved one stopped).
+LENGTH = ("max_steps", "epochs", "patience")
 
 # LoRA targets by config.model_type: every attention and MLP projection; unknown types get peft's "all-linear".
 _LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -81,7 +84,7 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, A
 
 def manifest(config, rows: pd.DataFrame, processes: int) -> dict[str, Any]:
     """What a checkpoint must agree on to be continued: the training options, the data, the process count."""
-    options = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUN_ONLY}
+    options = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUN_ONLY + LENGTH}
     data = text_digest([f"{o}\x01{w}\x01{p}" for o, w, p in zip(rows[ORIGINAL], rows[REWRITTEN], rows[PROMPT])])[:16]
     return {"data": data, "processes": processes, **options}
 
@@ -108,8 +111,14 @@ def train(method: "LoraMethod", train_rows: pd.DataFrame, held: pd.DataFrame) ->
     bf16 = bf16_default(pick_device()) if cfg.bf16 is None else cfg.bf16
     accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
     folder = method.checkpoint_folder()
+    run = manifest(cfg, pd.concat([train_rows, held]), accelerator.num_processes)
+    # continuing a finished fit (unless this run was killed and resumes): its saved run had the same data and options
+    start = method.start_dir if method.start_dir and not (folder and checkpoint.has_checkpoint(folder)) else None
+    if start:
+        checkpoint.check_run(start, run, "a finished training run", f"continue it on the same data with the same "
+                             f"options (only {', '.join(LENGTH)} may change)")
     if folder:
-        checkpoint.open_run(folder, manifest(cfg, pd.concat([train_rows, held]), accelerator.num_processes))
+        checkpoint.open_run(folder, run)
     base, tokenizer = load_causal_lm(cfg.model, bf16), load_tokenizer(cfg.model)
     encode = lambda f: [encode_example(tokenizer, o, w, p, cfg) for o, w, p in zip(f[ORIGINAL], f[REWRITTEN], f[PROMPT])]
     train_encoded, held_encoded = encode(train_rows), encode(held)
@@ -138,11 +147,13 @@ def train(method: "LoraMethod", train_rows: pd.DataFrame, held: pd.DataFrame) ->
     if accelerator.is_main_process:
         log.info(f"lora: {cfg.model} r={cfg.r} alpha={cfg.alpha} on {accelerator.device} x{accelerator.num_processes}"
                  f" | train {len(train_encoded)} rows, held-out {len(held_encoded)} | {total} updates")
-    found = checkpoint.latest(folder) if folder else None
+    found = checkpoint.latest(start or folder) if start or folder else None
     if found:
         progress, best = _restore(method, found, trainable, optimizer, schedule)
+        progress.stopped = progress.stopped and 0 < cfg.patience <= progress.waited
         if accelerator.is_main_process:
-            log.info(f"lora: resuming from {folder} at update {progress.updates} of {total}")
+            log.info(f"lora: {'continuing' if start else 'resuming'} from {start or folder} at update "
+                     f"{progress.updates} of {total}")
 
     def save_checkpoint() -> None:
         """Write the full training state (main process only; the others hold the same)."""
