@@ -203,11 +203,10 @@ def _gate_view(ensemble: EnsembleMethod, pairs: pd.DataFrame, predictions: dict[
     predicted = ensemble.gate.predicted_scores(features, answered)[:, 0]  # (m,)
     choice = int(ensemble.gate.choose(features, answered)[0])
     labels = list(ensemble.members)
-    column = {name: FEATURES.index(name) for name in FEATURES}
     return GateView(
         choice=labels[choice] if choice >= 0 else None,
-        row_features={name: float(features[0, 0, column[name]]) for name in ROW_FEATURES},
-        member_features={label: {name: float(features[m, 0, column[name]]) for name in OWN_FEATURES}
+        row_features={name: float(features[0, 0, FEATURES.index(name)]) for name in ROW_FEATURES},
+        member_features={label: {name: float(features[m, 0, FEATURES.index(name)]) for name in OWN_FEATURES}
                          for m, label in enumerate(labels)},
         predicted_scores={label: float(p) if np.isfinite(p) else None for label, p in zip(labels, predicted)},
     )
