@@ -12,8 +12,8 @@ from conftest import EXAMPLES, shared_file
 from promptrec.cli import app, main
 
 BAD = sorted(p for p in (Path(__file__).parent / "data" / "bad").iterdir() if not p.name.startswith("ok_"))
-VERBS = ["clean", "embed", "score", "recover", "train", "methods", "bench", "cv", "optimize-prompt", "fit", "generate",
-         "regressor-report"]
+VERBS = ["clean", "embed", "score", "recover", "explain", "train", "methods", "bench", "cv", "optimize-prompt", "fit",
+         "generate", "regressor-report"]
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -48,12 +48,13 @@ def test_fit_logs_each_member_on_stderr_and_warns_in_one_line(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("bad", BAD, ids=lambda p: p.name)
-@pytest.mark.parametrize("verb", ["recover", "score", "clean", "train", "embed", "cv", "fit", "optimize-prompt",
-                                  "generate", "regressor-report"])
+@pytest.mark.parametrize("verb", ["recover", "explain", "score", "clean", "train", "embed", "cv", "fit",
+                                  "optimize-prompt", "generate", "regressor-report"])
 def test_every_reading_verb_fails_in_one_line_and_writes_nothing(capsys, tmp_path, verb, bad):
     out_file = tmp_path / "out.csv"
     argv = {
         "recover": ["recover", bad, "-o", out_file],
+        "explain": ["explain", "--model", tmp_path / "model", "--row", "1", "--data", bad],
         "score": ["score", bad, EXAMPLES / "test.csv"],
         "clean": ["clean", bad, out_file],
         "train": ["train", "constant", bad, "-o", tmp_path / "model"],

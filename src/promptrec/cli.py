@@ -160,6 +160,29 @@ def recover(
 
 
 @app.command()
+def explain(
+    model: Annotated[Path, typer.Option(help="folder saved by `promptrec train` or `promptrec fit`")],
+    row: Annotated[Optional[str], typer.Option(help="id of the row to explain (with --data)")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="table holding the row; its rewrite_prompt, if any, is the truth")] = None,
+    original: Annotated[Optional[str], typer.Option(help="original text (with --rewritten, instead of --row/--data)")] = None,
+    rewritten: Annotated[Optional[str], typer.Option(help="rewritten text")] = None,
+    truth: Annotated[Optional[str], typer.Option(help="the true prompt: every candidate is scored against it")] = None,
+    top_k: Annotated[int, typer.Option(help="nearest bank prompts listed per member")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON document instead of the view")] = False,
+) -> None:
+    """Audit one case: the evidence in the rewrite, each member's prompt, the gate's choice, the nearest bank
+    prompts and the final prompt (scored against the truth when known); writes nothing."""
+    from promptrec.explain import explain as run, open_model, read_case, render
+
+    case = read_case(data, row, original, rewritten, truth)  # first: bad input is named before models load
+    found = run(open_model(model), case, top_k)
+    if as_json:
+        typer.echo(found.to_json())  # not through Rich: it would turn ":name:" in a text into an emoji
+    else:
+        out.print(render(found))
+
+
+@app.command()
 def train(
     method: Annotated[str, typer.Argument(help="method name")],
     data: Annotated[Path, typer.Argument(help="triples: id,original_text,rewrite_prompt,rewritten_text")],

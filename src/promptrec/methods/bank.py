@@ -172,6 +172,10 @@ class BankMethod(UsesEmbedder):
             return rewritten
         return vectors.direction(rewritten, self.embedder.encode(pairs[ORIGINAL].tolist()))
 
+    def bank_queries(self, pairs: pd.DataFrame) -> np.ndarray:
+        """(n, dim) what `predict` searches the bank with (`explain` lists the nearest prompts)."""
+        return self.queries(pairs)
+
     def predict(self, pairs: pd.DataFrame) -> list[str]:
         """The nearest bank prompt(s) per row (bank prompts are never blank, so the method never abstains)."""
         if self.bank is None:

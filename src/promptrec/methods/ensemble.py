@@ -224,13 +224,20 @@ class EnsembleMethod(UsesEmbedder):
         """Per row, the answering member with the best score the gate predicts (None where every member abstained)."""
         if self.gate is None:
             raise DataError("ensemble: gate mode needs a fitted gate; run `promptrec fit` first")
-        features, answered, _ = self.gate_inputs(pairs, predictions, self._reference(self.members, pairs))
+        features, answered = self.row_features(pairs, predictions)
         choice = self.gate.choose(features, answered)
         columns = [predictions[label] for label in self.members]
         chosen = [columns[m][row] if m >= 0 else None for row, m in enumerate(choice)]
         if self.suffix.strip():
             chosen = [join_prompts([p, self.suffix], self.config.separator) if p else None for p in chosen]
         return chosen
+
+    def row_features(self, pairs: pd.DataFrame,
+                     predictions: dict[str, list[str | None]]) -> tuple[np.ndarray, np.ndarray]:
+        """The gate's features (m, n, F) of the members' `predictions` and which members answered (m, n), as the gate
+        sees them when predicting (`explain` shows them)."""
+        features, answered, _ = self.gate_inputs(pairs, predictions, self._reference(self.members, pairs))
+        return features, answered
 
     def reference_embeddings(self, pairs: pd.DataFrame, columns: list[list[str]]) -> np.ndarray:
         """(n, d) per-row targets: a member's predicted embeddings (auto, if offered), else the members' centroid."""

@@ -19,6 +19,7 @@ from promptrec.vectors import unit_rows
 GATE_FILE = "gate.safetensors"
 ROW_FEATURES = ("change", "rewrite_words", "answered_share")  # shared by every member's row
 OWN_FEATURES = ("answered", "prompt_words", "agreement", "reference")  # of the member's own prompt
+FEATURES = ("bias", *ROW_FEATURES, *OWN_FEATURES)  # the first F - m features in order; then one answered flag per member
 
 
 def words(texts: list[str]) -> np.ndarray:

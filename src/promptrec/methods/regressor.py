@@ -379,6 +379,10 @@ class RegressorMethod(UsesEmbedder):
         """
         return unit_rows(self.decode_queries(pairs, self.head_embeddings(pairs)))
 
+    def bank_queries(self, pairs: pd.DataFrame) -> np.ndarray:
+        """(n, D) what `predict` searches the bank with (`explain` lists the nearest prompts)."""
+        return self.predict_embeddings(pairs)
+
     def predict(self, pairs: pd.DataFrame) -> list[str]:
         """The bank prompt(s) nearest to each (blended) predicted embedding (bank prompts are never blank)."""
         return self.bank.decode(self.predict_embeddings(pairs), self.config.top_k)

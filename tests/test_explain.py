@@ -1,0 +1,226 @@
+"""`promptrec explain` on a small default ensemble fitted here: every member's prompt, the evidence span, the gate,
+the nearest bank prompts, scores against the truth, JSON that matches `recover`, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import EXAMPLES
+from rich.console import Console
+
+from promptrec.cli import main
+from promptrec.data import DataError
+from promptrec.explain import HIGHLIGHT, GIVEN_ID, explain, highlighted_rewrite, open_model, read_case, render
+from promptrec.methods.base import load_method, never_blank
+from promptrec.metric import load_embedder, score
+from promptrec.pipeline import fit_ensemble
+
+PIRATE = "Rewrite this as a pirate's tale."
+LEAD_IN = "Sure, here's the text rewritten as a pirate's tale:\n\nArr, the gatherin' be moved to Thursday, matey!"
+PHRASE = "the text rewritten as a pirate's tale"  # what find_evidence reads in LEAD_IN, at characters 13-50
+PLAIN = "Fresh bread at dawn, warm and sweet; on Sundays we close at noon."
+KEYS = ["id", "method", "mode", "original_text", "rewritten_text", "evidence", "candidates", "gate", "neighbours",
+        "final_prompt", "fallback", "truth", "final_score", "embedder"]
+MEMBERS = ["best", "bank", "regressor", "evidence"]
+PROXY = "proxy (all-MiniLM-L6-v2)"
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as stop:
+        code = stop.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    """The default gated ensemble (best constant, bank, regressor, evidence) fitted on the 20 example triples."""
+    root = tmp_path_factory.mktemp("explain")
+    cache = str(root / "cache")  # the regressor's feature cache stays in the test's folder
+    fit_ensemble([EXAMPLES / "test.csv"], root / "models", options={"regressor": {"cache_dir": cache}})
+    return root / "models"
+
+
+@pytest.fixture
+def cases(tmp_path) -> Path:
+    """Two rows to explain, with their true prompts: one whose rewrite opens with a lead-in, one without evidence."""
+    path = tmp_path / "cases.csv"
+    pd.DataFrame({"id": ["lead", "plain"], "original_text": ["The meeting moved to Thursday.", "Bread daily."],
+                  "rewrite_prompt": [PIRATE, "Turn this into a short poem."],
+                  "rewritten_text": [LEAD_IN, PLAIN]}).to_csv(path, index=False)
+    return path
+
+
+def _json(capsys, *argv) -> dict:
+    code, out, err = run(capsys, "explain", *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.mark.slow
+def test_json_matches_recover_members_and_the_metric(capsys, models, cases, tmp_path):
+    doc = _json(capsys, "--model", models, "--row", "lead", "--data", cases, "--top-k", 3)
+    assert list(doc) == KEYS
+    assert (doc["id"], doc["method"], doc["mode"], doc["embedder"]) == ("lead", "ensemble", "gate", PROXY)
+    assert (doc["rewritten_text"], doc["truth"], doc["fallback"]) == (LEAD_IN, PIRATE, False)
+    assert doc["evidence"] == {"kind": "lead_in", "phrase": PHRASE, "span": [13, 50], "core": "as a pirate's tale",
+                               "cue": "rewritten"}
+    # the final prompt is the one `recover` writes for this row
+    assert run(capsys, "recover", cases, "--model", models, "-o", tmp_path / "sub.csv")[0] == 0
+    submitted = pd.read_csv(tmp_path / "sub.csv", dtype=str).set_index("id")["rewrite_prompt"]
+    assert doc["final_prompt"] == submitted["lead"]
+    # each candidate is its member's own prediction, scored by promptrec.metric against the truth
+    ensemble = load_method(models)
+    pairs = pd.read_csv(cases, dtype=str).iloc[:1]
+    assert [c["label"] for c in doc["candidates"]] == MEMBERS
+    assert [c["method"] for c in doc["candidates"]] == ["constant", "bank", "regressor", "evidence"]
+    assert [c["prompt"] for c in doc["candidates"]] == [m.predict(pairs)[0] for m in ensemble.members.values()]
+    assert doc["candidates"][3]["prompt"] == PIRATE  # the evidence member's rule: "{verb} this {core}."
+    embedder = load_embedder("proxy")
+    for candidate in doc["candidates"]:
+        assert candidate["truth_score"] == score([candidate["prompt"]], [PIRATE], embedder).per_row[0]
+    assert doc["final_score"] == score([doc["final_prompt"]], [PIRATE], embedder).mean
+    # the gate: its choice gives the final prompt; agreement is the gate's own feature
+    gate = doc["gate"]
+    assert gate["choice"] in MEMBERS and list(gate["predicted_scores"]) == MEMBERS
+    assert doc["final_prompt"] == next(c["prompt"] for c in doc["candidates"] if c["label"] == gate["choice"])
+    assert gate["choice"] == max(gate["predicted_scores"], key=gate["predicted_scores"].get)
+    assert list(gate["row_features"]) == ["change", "rewrite_words", "answered_share"]
+    assert gate["row_features"]["answered_share"] == 1.0
+    for candidate in doc["candidates"]:
+        own = gate["member_features"][candidate["label"]]
+        assert list(own) == ["answered", "prompt_words", "agreement", "reference"] and own["answered"] == 1.0
+        assert candidate["agreement"] == pytest.approx(own["agreement"], abs=1e-5)
+    # bank and regressor search their saved banks; their prediction is their nearest bank prompt
+    assert list(doc["neighbours"]) == ["bank", "regressor"]
+    for label in ("bank", "regressor"):
+        near = doc["neighbours"][label]
+        member = next(c for c in doc["candidates"] if c["label"] == label)
+        assert len(near) == 3 and near[0]["prompt"] == member["prompt"]
+        assert [n["cosine"] for n in near] == sorted((n["cosine"] for n in near), reverse=True)
+        assert {n["prompt"] for n in near} <= set(pd.read_csv(EXAMPLES / "test.csv")["rewrite_prompt"])
+
+
+@pytest.mark.slow
+def test_rich_view_shows_every_member_prompt_and_the_evidence_span(capsys, models, cases):
+    doc = _json(capsys, "--model", models, "--row", "lead", "--data", cases)
+    code, out, _ = run(capsys, "explain", "--model", models, "--row", "lead", "--data", cases)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == ("case lead  method ensemble (gate over best, bank, regressor, evidence)  "
+                        f"cosines and scores [{PROXY}]")
+    for candidate in doc["candidates"]:  # one line per member ending with its prompt; the gate's pick marked
+        row = next(line for line in lines if line[2:].startswith(candidate["label"] + " "))
+        assert row.endswith(f"  {candidate['prompt']}")
+        assert row[0] == (">" if candidate["label"] == doc["gate"]["choice"] else " ")
+        assert f"{candidate['truth_score']:9.4f}" in row
+    assert f"evidence lead_in: {PHRASE} (characters 13-50) -> 'as a pirate's tale', cue 'rewritten'" in lines
+    assert f"final prompt {doc['final_prompt']}" in lines and f"truth        {PIRATE}" in lines
+    assert f"score        {doc['final_score']:.4f} [{PROXY}]" in lines
+    nearest = doc["neighbours"]["bank"][0]
+    assert lines[lines.index("bank") + 1] == f"   1  {nearest['cosine']:.4f}  {nearest['prompt']}"
+    found = explain(open_model(models), read_case(cases, "lead"))
+    assert [(s.start, s.end, s.style) for s in highlighted_rewrite(found).spans] == [(13, 50, HIGHLIGHT)]
+    assert LEAD_IN[13:50] == PHRASE
+
+
+@pytest.mark.slow
+def test_a_row_without_evidence_and_texts_given_on_the_command_line(capsys, models, cases):
+    doc = _json(capsys, "--model", models, "--original", "Bread daily.", "--rewritten", PLAIN)
+    assert (doc["id"], doc["evidence"], doc["truth"], doc["final_score"]) == (GIVEN_ID, None, None, None)
+    assert doc["candidates"][3] == {"label": "evidence", "method": "evidence", "prompt": None, "agreement": None,
+                                    "truth_score": None}
+    assert doc["gate"]["predicted_scores"]["evidence"] is None and doc["gate"]["row_features"]["answered_share"] == 0.75
+    assert doc["final_prompt"] == never_blank(load_method(models).predict(read_case(cases, "plain").pairs()))[0]
+    code, out, _ = run(capsys, "explain", "--model", models, "--row", "plain", "--data", cases)
+    assert code == 0 and "evidence none found in the rewrite" in out.splitlines()
+    assert next(line for line in out.splitlines() if line[2:].startswith("evidence ")).endswith("  (abstained)")
+    found = explain(open_model(models), read_case(cases, "plain"))
+    assert found.evidence is None and highlighted_rewrite(found).spans == []
+
+
+@pytest.mark.slow
+def test_truth_option_overrides_the_table_and_is_scored(capsys, models, cases):
+    truth = "Make it rhyme."
+    doc = _json(capsys, "--model", models, "--row", "plain", "--data", cases, "--truth", truth)
+    embedder = load_embedder("proxy")
+    assert doc["truth"] == truth
+    answered = [c for c in doc["candidates"] if c["prompt"]]
+    expected = score([c["prompt"] for c in answered], [truth] * len(answered), embedder).per_row
+    np.testing.assert_array_equal([c["truth_score"] for c in answered], expected)
+
+
+@pytest.mark.slow
+def test_a_single_method_shows_what_it_has(capsys, models, cases):
+    bank = _json(capsys, "--model", models / "bank", "--row", "plain", "--data", cases, "--top-k", 2)
+    assert (bank["method"], bank["mode"], bank["gate"]) == ("bank", None, None)
+    assert [(c["label"], c["agreement"]) for c in bank["candidates"]] == [("bank", None)]
+    assert list(bank["neighbours"]) == ["bank"] and len(bank["neighbours"]["bank"]) == 2
+    assert bank["final_prompt"] == bank["candidates"][0]["prompt"] == bank["neighbours"]["bank"][0]["prompt"]
+    constant = _json(capsys, "--model", models / "best", "--row", "plain", "--data", cases)
+    assert (constant["neighbours"], constant["gate"], constant["evidence"]) == ({}, None, None)
+    assert constant["final_prompt"] == load_method(models / "best").selected
+    code, out, _ = run(capsys, "explain", "--model", models / "best", "--row", "plain", "--data", cases)
+    assert code == 0 and out.splitlines()[0] == f"case plain  method constant  cosines and scores [{PROXY}]"
+    assert "nearest bank prompts" not in out and "gate " not in out
+
+
+@pytest.mark.slow
+def test_explain_writes_nothing(capsys, models, cases):
+    before = {p: p.stat().st_mtime_ns for p in [*models.rglob("*"), *cases.parent.rglob("*")]}
+    assert run(capsys, "explain", "--model", models, "--row", "lead", "--data", cases)[0] == 0
+    assert {p: p.stat().st_mtime_ns for p in [*models.rglob("*"), *cases.parent.rglob("*")]} == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--row", "nope", "--data", "{cases}"], "{cases}, column 'id': no row with id 'nope'"),
+    (["--row", "lead"], "explain: --row needs --data FILE"),
+    (["--data", "{cases}"], "{cases}: give --row ID to explain"),
+    ([], "explain: give --row ID with --data FILE, or --original TEXT with --rewritten TEXT"),
+    (["--row", "lead", "--data", "{cases}", "--original", "a", "--rewritten", "b"],
+     "explain: give --row ID with --data FILE, or --original TEXT with --rewritten TEXT (not both)"),
+    (["--original", "a"], "explain: --rewritten is missing"),
+    (["--original", " ", "--rewritten", "b"], "explain: --original is empty"),
+    (["--original", "a", "--rewritten", "b", "--truth", ""], "explain: --truth is empty"),
+    (["--row", "blank", "--data", "{cases}"], "{cases}, row 3, column 'rewritten_text': empty text (id 'blank')"),
+    (["--row", "lead", "--data", "{missing}"], "{missing}: no such file"),
+])
+def test_bad_input_is_one_line_naming_what_is_wrong(capsys, cases, tmp_path, argv, message):
+    pd.concat([pd.read_csv(cases), pd.DataFrame({"id": ["blank"], "original_text": ["x"], "rewritten_text": [""]})]
+              ).to_csv(cases, index=False)
+    names = {"cases": cases, "missing": tmp_path / "missing.csv"}
+    code, out, err = run(capsys, "explain", "--model", tmp_path / "models", *[a.format(**names) for a in argv])
+    assert (code, out, err) == (2, "", f"error: {message.format(**names)}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.csv"]
+
+
+def test_missing_model_folder_and_bad_top_k(capsys, cases, tmp_path):
+    code, _, err = run(capsys, "explain", "--model", tmp_path / "nowhere", "--row", "lead", "--data", cases)
+    assert (code, err) == (2, f"error: {tmp_path / 'nowhere'}: no such model folder\n")
+    code, _, err = run(capsys, "explain", "--model", tmp_path, "--row", "lead", "--data", cases)
+    assert (code, err) == (2, f"error: {tmp_path}: not a saved method (no method.json)\n")
+    with pytest.raises(DataError, match=r"^explain: --top-k must be at least 1, not 0$"):
+        explain(None, read_case(cases, "lead"), top_k=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.csv"]
+
+
+def test_render_draws_a_view_without_a_gate_or_truth():
+    from promptrec.explain import Candidate, Explanation, Neighbour
+
+    found = Explanation(id="r1", method="bank", mode=None, original_text="a", rewritten_text="b", evidence=None,
+                        candidates=[Candidate("bank", "bank", "Make it a poem.", None, None)], gate=None,
+                        neighbours={"bank": [Neighbour("Make it a poem.", 0.5)]}, final_prompt="Make it a poem.",
+                        fallback=False, truth=None, final_score=None, embedder="toy")
+    console = Console(width=60, record=True, soft_wrap=True)
+    console.print(render(found))
+    lines = console.export_text().splitlines()
+    assert lines[0] == "case r1  method bank  cosines and scores [toy]"
+    assert lines[5:7] == ["  member  method  agreement  prompt", "  bank    bank            -  Make it a poem."]
+    assert lines[-1] == "final prompt Make it a poem." and "   1  0.5000  Make it a poem." in lines
