@@ -12,7 +12,8 @@ from conftest import EXAMPLES, shared_file
 from promptrec.cli import app, main
 
 BAD = sorted(p for p in (Path(__file__).parent / "data" / "bad").iterdir() if not p.name.startswith("ok_"))
-VERBS = ["clean", "embed", "score", "recover", "train", "methods", "bench", "cv", "optimize-prompt", "fit", "generate",
+VERBS = ["clean", "embed", "score", "recover", "train", "methods", "bench", "cv", "optimize-prompt", "fit", "bundle",
+         "generate",
          "regressor-report"]
 
 
