@@ -13,7 +13,7 @@ from promptrec.cli import app, main
 
 BAD = sorted(p for p in (Path(__file__).parent / "data" / "bad").iterdir() if not p.name.startswith("ok_"))
 VERBS = ["clean", "embed", "score", "recover", "explain", "train", "methods", "bench", "cv", "optimize-prompt", "fit",
-         "generate", "regressor-report"]
+         "bundle", "generate", "regressor-report"]
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

