@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,6 +250,15 @@ def test_gate_inner_folds_follow_sources_and_every_abstention_gives_none(word_em
     assert method.members["e"].fitted == 1 and method.predict(_gate_rows(2)) == ["pirate", None]
     with pytest.raises(DataError, match="gate mode needs a fitted gate"):
         _ensemble(word_embedder, mode="gate", members=["e=column"]).predict(_gate_rows(2))
+
+
+def test_gate_warns_of_a_member_it_never_saw_answer(word_embedder, caplog):
+    rows = _gate_rows(12).assign(e="")  # e abstains on every out-of-fold row: the gate cannot rate it
+    caplog.set_level(logging.WARNING, logger="promptrec")
+    _ensemble(word_embedder, mode="gate", members=["c=column", "e=column"]).fit(rows)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "gate: member e answered none of the 12 out-of-fold rows; the gate cannot rate it and will never pick it "
+        "(train on rows where it answers)"]
 
 
 def test_default_ensemble_is_the_gated_offline_members_and_options_merge():

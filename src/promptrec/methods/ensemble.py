@@ -167,6 +167,10 @@ class EnsembleMethod(UsesEmbedder):
         features, answered, prompt_emb = self.gate_inputs(pairs, predictions, reference)
         truth = self.embedder.encode(pairs[PROMPT].astype(str).tolist())  # (n, d)
         scores = np.einsum("mnd,nd->mn", prompt_emb, truth) ** 3  # (members, n)
+        for label, count in zip(self.members, answered.sum(axis=1)):
+            if count == 0:  # e.g. evidence on rewrites without lead-ins or titles (the demo's generated rows)
+                log.warning("gate: member %s answered none of the %d out-of-fold rows; the gate cannot rate it and "
+                            "will never pick it (train on rows where it answers)", label, len(pairs))
         return Gate.fit(list(self.members), features, scores, answered, self.config.gate_ridge)
 
     def _reference(self, members: dict[str, Method], pairs: pd.DataFrame) -> np.ndarray | None:
