@@ -48,6 +48,7 @@ class LoraConfig:
     prompt_tokens: int = 64  # training prompts are cut to this many tokens
     chat_template: bool = True  # wrap the instruction in the tokenizer's chat template when it has one
     batch_size: int = 4  # training rows per step and process
+    bucket: bool = True  # batch rows of similar length together (little padding); the batches are shuffled
     grad_accum: int = 1  # steps accumulated per optimizer update
     lr: float = 2e-4  # AdamW learning rate, linear warm-up then linear decay
     warmup_ratio: float = 0.05  # share of the updates spent warming up
@@ -60,7 +61,7 @@ class LoraConfig:
     patience: int = 2  # evaluations without a better score before stopping (0: never stop early)
     embedder: str = "proxy"  # embedder of the validation score and of the fallback choice
     gradient_checkpointing: bool | None = None  # None: on GPU only
-    bf16: bool | None = None  # bf16 weights + autocast; None: on a GPU that supports it
+    bf16: bool | None = None  # bf16 weights + autocast; None: on a bf16 GPU, autocast alone on a CPU with native bf16
     seed: int = 0  # seeds initialisation, shuffling, dropout and the split
     max_new_tokens: int = 48  # generation stops here, at EOS or at the end of the first line
     num_beams: int = 1  # 1: greedy decoding
