@@ -193,13 +193,14 @@ def test_training_autocasts_to_bf16_by_default_only_on_a_cpu_with_native_bf16(ti
     seen = []
     loss = lora_train.batch_loss
     monkeypatch.setattr(lora_train, "batch_loss", lambda model, batch: seen.append(
-        torch.is_autocast_enabled("cpu")) or loss(model, batch))
+        (torch.is_autocast_enabled("cpu"), model.config._attn_implementation)) or loss(model, batch))
     for native in (True, False):
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
         method = lora.LoraMethod(_settings(tiny_lm_dir, bf16=None, epochs=1))
         method.fit(TRIPLES)
         assert {p.dtype for n, p in method.model.named_parameters()} == {torch.float32}  # float32 weights on CPU
-    assert seen == [True, False]  # one batch of 2 rows per fit
+        assert method.model.config._attn_implementation == "sdpa"  # generation goes back to the loaded kernel
+    assert seen == [(True, "eager"), (False, "sdpa")]  # one batch of 2 rows per fit; eager attention under autocast
 
 
 def test_save_load_round_trip_gives_identical_generations(trained, tmp_path):

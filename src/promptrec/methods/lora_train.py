@@ -148,6 +148,8 @@ def train(method: "LoraMethod", train_rows: pd.DataFrame, held: pd.DataFrame) ->
     encode = lambda f: [encode_example(tokenizer, o, w, p, cfg) for o, w, p in zip(f[ORIGINAL], f[REWRITTEN], f[PROMPT])]
     train_encoded, held_encoded = encode(train_rows), encode(held)
 
+    loaded_attention = base.config._attn_implementation  # generation after training goes back to it
+    base.set_attn_implementation(cfg.attention or ("eager" if autocast and device == "cpu" else loaded_attention))
     checkpointing = pick_device() == "cuda" if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
     if checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -247,6 +249,7 @@ def train(method: "LoraMethod", train_rows: pd.DataFrame, held: pd.DataFrame) ->
     if folder:
         save_checkpoint()  # the finished state: a kill while saving the method re-trains nothing
     unwrapped = accelerator.unwrap_model(model)
+    base.set_attn_implementation(loaded_attention)
     if best is not None:
         set_peft_model_state_dict(unwrapped, best)
     method.model = unwrapped.eval()
