@@ -48,6 +48,7 @@ class LoraConfig:
     prompt_tokens: int = 64  # training prompts are cut to this many tokens
     chat_template: bool = True  # wrap the instruction in the tokenizer's chat template when it has one
     batch_size: int = 4  # training rows per step and process
+    # buckets: 2.45x train tokens/s with the other speed-ups (1.78x without) but held loss +0.02 after 8-24 updates
     bucket: bool = True  # batch rows of similar length together (little padding); the batches are shuffled
     grad_accum: int = 1  # steps accumulated per optimizer update
     lr: float = 2e-4  # AdamW learning rate, linear warm-up then linear decay
