@@ -63,7 +63,7 @@ class LoraConfig:
     embedder: str = "proxy"  # embedder of the validation score and of the fallback choice
     gradient_checkpointing: bool | None = None  # None: on GPU only
     bf16: bool | None = None  # bf16 weights + autocast; None: on a bf16 GPU; autocast alone on a native-bf16 CPU
-    # eager: under bf16 autocast on CPU its backward beats SDPA's (1.43x per update, `promptrec bench lora_train`)
+    # eager: under bf16 autocast on CPU its backward beats SDPA's (1.23-1.43x, `promptrec bench lora_train`)
     attention: str | None = None  # training attention (eager, sdpa); None: eager under CPU autocast, else the model's
     seed: int = 0  # seeds initialisation, shuffling, dropout and the split
     max_new_tokens: int = 48  # generation stops here, at EOS or at the end of the first line
