@@ -18,7 +18,7 @@ from promptrec.clean import parse_generation
 from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, TRIPLE_COLUMNS, read_table
 from promptrec.llm import hf
 from promptrec.llm.templates import ELLIPSIS
-from promptrec.methods import lora
+from promptrec.methods import lora, lora_train
 from promptrec.methods.base import FALLBACK_PROMPT, from_name, load_config_file, load_method
 
 TRIPLES = pd.DataFrame({
@@ -54,7 +54,9 @@ def tiny_lm_dir(tmp_path_factory):
 
 
 def _settings(model_dir, **extra) -> lora.LoraConfig:
-    values = dict(model=str(model_dir), r=8, alpha=16, text_tokens=16, batch_size=2, lr=2e-2,
+    # float32 training (bf16=False): the tiny model's overfitting at lr 2e-2 is tuned to it, and the results must
+    # not depend on whether the CPU computes bf16 natively (test_training_autocasts_... covers that default)
+    values = dict(model=str(model_dir), r=8, alpha=16, text_tokens=16, batch_size=2, lr=2e-2, bf16=False,
                   warmup_ratio=0.0, dropout=0.0, epochs=60, val_fraction=0.0, select_fallback=False, max_new_tokens=8)
     values.update(extra)
     return lora.LoraConfig(**values)
@@ -154,6 +156,51 @@ def test_bf16_inference_is_on_by_default_only_where_it_is_native(monkeypatch):
     for native in (True, False):
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
         assert hf.infer_autocast(lora.LoraConfig().infer_bf16, "cpu") is native
+
+
+def test_batch_loss_scores_only_from_the_first_label_on_and_equals_the_models_loss(tiny_lm_dir):
+    import torch
+
+    tokenizer, settings = hf.load_tokenizer(str(tiny_lm_dir)), _settings(tiny_lm_dir)
+    model = hf.load_causal_lm(str(tiny_lm_dir))
+    rows = [lora.encode_example(tokenizer, o, w, p, settings)
+            for o, w, p in zip(TRIPLES[ORIGINAL], TRIPLES[REWRITTEN], TRIPLES[PROMPT])]
+    batch = lora_train.collate(rows, tokenizer.pad_token_id)
+    first_labels = [labels.index(next(x for x in labels if x != lora.IGNORE)) for _, labels in rows]
+    assert len({len(ids) for ids, _ in rows}) == 2 and len(set(first_labels)) == 2  # right padding in one row
+    widths = []
+    model.lm_head.register_forward_hook(lambda module, args, out: widths.append(args[0].shape[1]))
+    with torch.no_grad():
+        assert float(lora_train.batch_loss(model, batch)) == pytest.approx(float(model(**batch).loss), abs=1e-6)
+    assert widths == [batch["input_ids"].shape[1] - min(first_labels) + 1, batch["input_ids"].shape[1]]
+
+
+def test_length_buckets_batch_similar_lengths_in_an_order_fixed_by_seed_and_epoch():
+    lengths = [5, 3, 9, 1, 1, 7, 3, 2, 8, 6]
+    order = lora_train.EpochOrder(10, seed=0, lengths=lengths, batch_size=3)
+    first = list(order)
+    assert first == [4, 3, 7, 9, 5, 8, 6, 1, 0, 2]  # batches (1, 1, 2), (6, 7, 8), (3, 3, 5), then the short one (9)
+    assert list(order) == first  # a pure function of seed and epoch: a resumed run sees the same batches
+    order.epoch = 1
+    assert list(order) == [3, 4, 7, 9, 5, 8, 1, 6, 0, 2]  # the tied lengths 1 and 3 come in another order
+    assert sorted(list(order)) == list(range(10))
+    assert list(lora_train.EpochOrder(10, seed=0)) == [4, 6, 2, 7, 3, 5, 9, 0, 8, 1]  # bucket=False: a plain shuffle
+
+
+def test_training_autocasts_to_bf16_by_default_only_on_a_cpu_with_native_bf16(tiny_lm_dir, monkeypatch, one_thread):
+    import torch
+
+    seen = []
+    loss = lora_train.batch_loss
+    monkeypatch.setattr(lora_train, "batch_loss", lambda model, batch: seen.append(
+        (torch.is_autocast_enabled("cpu"), model.config._attn_implementation)) or loss(model, batch))
+    for native in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+        method = lora.LoraMethod(_settings(tiny_lm_dir, bf16=None, epochs=1))
+        method.fit(TRIPLES)
+        assert {p.dtype for n, p in method.model.named_parameters()} == {torch.float32}  # float32 weights on CPU
+        assert method.model.config._attn_implementation == "sdpa"  # generation goes back to the loaded kernel
+    assert seen == [(True, "eager"), (False, "sdpa")]  # one batch of 2 rows per fit; eager attention under autocast
 
 
 def test_save_load_round_trip_gives_identical_generations(trained, tmp_path):

@@ -15,7 +15,7 @@ import pandas as pd
 
 from promptrec import checkpoint
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN
-from promptrec.llm.hf import bf16_default, load_causal_lm, load_tokenizer
+from promptrec.llm.hf import bf16_default, infer_autocast, load_causal_lm, load_tokenizer
 from promptrec.methods.lora import IGNORE, encode_example
 from promptrec.metric import text_digest
 
@@ -55,13 +55,24 @@ class Progress:
 
 
 class EpochOrder:
-    """Row order of each epoch, a pure function of the seed and `epoch`, so a resumed run sees the same batches."""
+    """Row order of each epoch, a pure function of the seed and `epoch`, so a resumed run sees the same batches.
 
-    def __init__(self, rows: int, seed: int):
+    With `lengths`, each run of `batch_size` rows holds rows of similar length (little padding): the shuffled rows
+    are sorted by length (ties stay shuffled), cut into batches and the batches shuffled; a short batch comes last."""
+
+    def __init__(self, rows: int, seed: int, lengths: list[int] | None = None, batch_size: int = 1):
         self.rows, self.seed, self.epoch = rows, seed, 0
+        self.lengths, self.batch_size = None if lengths is None else np.asarray(lengths), batch_size
 
     def __iter__(self):
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.rows).tolist())
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.rows)
+        if self.lengths is None:
+            return iter(order.tolist())
+        order = order[np.argsort(self.lengths[order], kind="stable")]
+        whole = len(order) // self.batch_size
+        batches = order[: whole * self.batch_size].reshape(whole, self.batch_size)[rng.permutation(whole)]
+        return iter(batches.ravel().tolist() + order[whole * self.batch_size :].tolist())
 
     def __len__(self) -> int:
         return self.rows
@@ -80,6 +91,25 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, A
         labels[i, : len(lab)] = torch.tensor(lab)
         mask[i, : len(ids)] = 1
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def batch_loss(model, batch: dict[str, Any]):
+    """Mean cross-entropy of the label tokens, as `model(**batch).loss`. Logits are computed from the earliest
+    label position on only: the vocabulary projection of the instruction, most of each row, is never scored."""
+    import torch.nn.functional as F
+
+    labels = batch["labels"]  # (batch, width)
+    start = int((labels != IGNORE).int().argmax(1).min()) - 1  # the position that predicts the earliest label
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   logits_to_keep=labels.shape[1] - start).logits  # (batch, width - start, vocab)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, start + 1 :].flatten(), ignore_index=IGNORE)
+
+
+def adamw(params: list, config) -> Any:
+    """AdamW over the adapter; fused: one kernel for all of its ~400 small tensors, not a loop over them."""
+    import torch
+
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
 def manifest(config, rows: pd.DataFrame, processes: int) -> dict[str, Any]:
@@ -108,8 +138,12 @@ def train(method: "LoraMethod", train_rows: pd.DataFrame, held: pd.DataFrame) ->
 
     cfg = method.config
     set_seed(cfg.seed)
-    bf16 = bf16_default(pick_device()) if cfg.bf16 is None else cfg.bf16
-    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
+    device = pick_device()
+    bf16 = bf16_default(device) if cfg.bf16 is None else cfg.bf16  # bf16 weights: on a bf16 GPU
+    # bf16 autocast also on a CPU that computes bf16 natively (float32 weights there: as fast, more precise).
+    # It is entered in the loop, not through accelerate's mixed_precision, which is fixed once per process.
+    autocast = infer_autocast(cfg.bf16, device)
+    accelerator = Accelerator(mixed_precision="no", gradient_accumulation_steps=cfg.grad_accum)
     folder = method.checkpoint_folder()
     run = manifest(cfg, pd.concat([train_rows, held]), accelerator.num_processes)
     # continuing a finished fit (unless this run was killed and resumes): its saved run had the same data and options
@@ -123,6 +157,8 @@ def train(method: "LoraMethod", train_rows: pd.DataFrame, held: pd.DataFrame) ->
     encode = lambda f: [encode_example(tokenizer, o, w, p, cfg) for o, w, p in zip(f[ORIGINAL], f[REWRITTEN], f[PROMPT])]
     train_encoded, held_encoded = encode(train_rows), encode(held)
 
+    loaded_attention = base.config._attn_implementation  # generation after training goes back to it
+    base.set_attn_implementation(cfg.attention or ("eager" if autocast and device == "cpu" else loaded_attention))
     checkpointing = pick_device() == "cuda" if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
     if checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -130,7 +166,8 @@ def train(method: "LoraMethod", train_rows: pd.DataFrame, held: pd.DataFrame) ->
     targets = cfg.target_modules or TARGET_MODULES.get(base.config.model_type, "all-linear")
     model = get_peft_model(base, PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                                 target_modules=targets, task_type="CAUSAL_LM"))
-    order = EpochOrder(len(train_encoded), cfg.seed)
+    lengths = [len(ids) for ids, _ in train_encoded] if cfg.bucket else None
+    order = EpochOrder(len(train_encoded), cfg.seed, lengths, cfg.batch_size)
     # The loader's own generator: starting an epoch must not draw from the global one that dropout uses.
     loader = torch.utils.data.DataLoader(train_encoded, batch_size=cfg.batch_size, sampler=order,
                                          generator=torch.Generator().manual_seed(cfg.seed),
@@ -138,7 +175,7 @@ def train(method: "LoraMethod", train_rows: pd.DataFrame, held: pd.DataFrame) ->
     updates_per_epoch = math.ceil(len(loader) / max(1, accelerator.num_processes) / cfg.grad_accum)
     total = cfg.max_steps or cfg.epochs * updates_per_epoch
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(params, cfg)
     schedule = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
     method.tokenizer, method.history = tokenizer, []
@@ -170,7 +207,7 @@ def train(method: "LoraMethod", train_rows: pd.DataFrame, held: pd.DataFrame) ->
         """Evaluate, keep the best adapter; True when patience ran out (agreed by every process)."""
         nonlocal best
         when = f"epoch {progress.epoch + 1} step {progress.updates}"
-        score = _evaluate(method, accelerator, model, held_encoded, held, when, progress)
+        score = _evaluate(method, accelerator, model, held_encoded, held, when, progress, autocast)
         progress.loss, progress.batches, progress.at = 0.0, 0, progress.updates
         stop = False
         if score is not None and score > progress.best:
@@ -190,7 +227,8 @@ def train(method: "LoraMethod", train_rows: pd.DataFrame, held: pd.DataFrame) ->
         for batch in batches:
             started = time.perf_counter()
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=autocast):
+                    loss = batch_loss(model, batch)
                 accelerator.backward(loss)
                 optimizer.step()
                 schedule.step()
@@ -222,6 +260,7 @@ def train(method: "LoraMethod", train_rows: pd.DataFrame, held: pd.DataFrame) ->
     if folder:
         save_checkpoint()  # the finished state: a kill while saving the method re-trains nothing
     unwrapped = accelerator.unwrap_model(model)
+    base.set_attn_implementation(loaded_attention)
     if best is not None:
         set_peft_model_state_dict(unwrapped, best)
     method.model = unwrapped.eval()
@@ -245,7 +284,7 @@ def _restore(method: "LoraMethod", found, trainable, optimizer, schedule) -> tup
 
 
 def _evaluate(method: "LoraMethod", accelerator, model, held_encoded, held: pd.DataFrame, when: str,
-              progress: Progress) -> float | None:
+              progress: Progress, autocast: bool) -> float | None:
     """Held-out loss and score, logged and added to method.history; the score (None without a held-out split)."""
     import torch
 
@@ -261,8 +300,8 @@ def _evaluate(method: "LoraMethod", accelerator, model, held_encoded, held: pd.D
         with torch.inference_mode():
             for start in range(0, len(held_encoded), batch_size):
                 batch = collate(held_encoded[start : start + batch_size], method.tokenizer.pad_token_id)
-                with accelerator.autocast():
-                    losses.append(inner(**{k: v.to(accelerator.device) for k, v in batch.items()}).loss.item())
+                with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=autocast):
+                    losses.append(batch_loss(inner, {k: v.to(accelerator.device) for k, v in batch.items()}).item())
         method.model = inner
         preds = method.predict(held)
         from promptrec.metric import score as scs
