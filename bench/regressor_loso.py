@@ -4,7 +4,8 @@ Each variant is a set of regressor options (YAML mapping); encoder features are 
 length and layers (and kept in the feature cache), so a variant costs only its head training and decoding.
 `--per-source N` first keeps N seeded rows of every file (train and held-out alike): the budget for a backbone
 too slow to encode every text on one core. Prints each fold, then mean ± std over held-out sources per variant.
-Run: `python bench/regressor_loso.py --variant 'base={}' --variant 'big={pair: interact}' [--limit 400]`.
+Run: `promptrec bench regressor_loso --variant 'default={}' --variant 'lists={all_lists: true}' [--limit 400]`
+(`all_lists: true` decodes over every shared prompt list as well as the training prompts).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ BANK_FILES = [str(SHARED / f"rewrite_prompts_{n}.json") for n in (1832, 8547, 92
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """`label={yaml mapping}` -> (label, options); `all_lists: true` in the mapping means every shared prompt list."""
+    """`label={yaml mapping}` -> (label, options); `all_lists: true` puts every shared prompt list in the bank."""
     import yaml
 
     label, _, body = text.partition("=")
@@ -37,11 +38,11 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def per_source_sample(table, rows: int, seed: int):
     """At most `rows` seeded rows of every source, in input order."""
+    import pandas as pd
+
     from promptrec.data import SOURCE
 
     keep = [group.sample(n=min(rows, len(group)), random_state=seed) for _, group in table.groupby(SOURCE, sort=False)]
-    import pandas as pd
-
     return pd.concat(keep).sort_index().reset_index(drop=True)
 
 
@@ -101,7 +102,7 @@ def main() -> None:
             method.embedder = embedder
             method._cache = shared(method, config.max_length)
             if config.head_tokens:
-                method._head_cache = shared(method, config.head_tokens)
+                method._head_cache = shared(method, min(config.head_tokens, config.max_length))
             start = time.perf_counter()
             method.fit(train)
             result = score(method.predict(test), test[PROMPT].tolist(), embedder)

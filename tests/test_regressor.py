@@ -232,6 +232,9 @@ def test_fit_predict_save_load_round_trip(tiny_bert, tiny_bert_embedder, tmp_pat
 
 def test_interact_and_head_tokens_features_round_trip(tiny_bert, tiny_bert_embedder, tmp_path):
     pairs = _pairs(12)
+    default = _method(tiny_bert, tiny_bert_embedder, tmp_path)  # head_tokens 64, capped at max_length 32
+    assert (default.config.head_tokens, default.head_cache.encoder.max_length, default.config.pair) == (64, 32, "concat")
+    assert default.features(pairs).shape == (12, 2 * 64 + 64)  # [o, r] of the last two layers, then the head
     method = _method(tiny_bert, tiny_bert_embedder, tmp_path, pair="interact", head_tokens=4, layers=[-1])
     features = method.features(pairs)
     assert features.shape == (12, 4 * 32 + 32)  # [o, r, r - o, o * r] of the last layer, then the rewrite's head
@@ -372,7 +375,7 @@ def test_cli_training_killed_with_sigkill_reuses_its_feature_shards(tiny_bert, t
     data, out, cache = tmp_path / "train.csv", tmp_path / "model", tmp_path / "cache"
     _pairs(1500).to_csv(data, index=False)  # 3,000 distinct texts: 6 shards, encoded one text per forward pass
     options = dict(backbone=str(tiny_bert), embedder=str(tiny_bert_embedder), max_length=32, multiplier=1, epochs=2,
-                   batch_size=64, encode_batch_size=1)
+                   batch_size=64, encode_batch_size=1, head_tokens=0)  # the full texts' shards only, counted below
     command = [sys.executable, "-m", "promptrec", "--threads", "1", "train", "regressor", str(data), "-o", str(out),
                *[arg for k, v in {**options, "cache_dir": cache}.items() for arg in ("--set", f"{k}={v}")]]
 
