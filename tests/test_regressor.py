@@ -233,16 +233,19 @@ def test_fit_predict_save_load_round_trip(tiny_bert, tiny_bert_embedder, tmp_pat
 def test_interact_and_head_tokens_features_round_trip(tiny_bert, tiny_bert_embedder, tmp_path):
     pairs = _pairs(12)
     default = _method(tiny_bert, tiny_bert_embedder, tmp_path)  # head_tokens 64, capped at max_length 32
-    assert (default.config.head_tokens, default.head_cache.encoder.max_length, default.config.pair) == (64, 32, "concat")
+    config = default.config
+    assert (config.head_tokens, default.head_cache.encoder.max_length, config.pair) == (64, 32, "concat")
     assert default.features(pairs).shape == (12, 2 * 64 + 64)  # [o, r] of the last two layers, then the head
     method = _method(tiny_bert, tiny_bert_embedder, tmp_path, pair="interact", head_tokens=4, layers=[-1])
     features = method.features(pairs)
     assert features.shape == (12, 4 * 32 + 32)  # [o, r, r - o, o * r] of the last layer, then the rewrite's head
-    whole = FrozenEncoder(str(tiny_bert), 32, layers=(-1,)).encode(pairs.original_text.tolist() + pairs.rewritten_text.tolist())
+    texts = pairs.original_text.tolist() + pairs.rewritten_text.tolist()
+    whole = FrozenEncoder(str(tiny_bert), 32, layers=(-1,)).encode(texts)
     original, rewritten = whole[:12], whole[12:]
     assert np.allclose(features[:, :128], np.concatenate(
         [original, rewritten, rewritten - original, original * rewritten], axis=1), atol=1e-5)
-    head = FrozenEncoder(str(tiny_bert), 4, layers=(-1,)).encode(pairs.rewritten_text.tolist())  # [CLS] + 2 words + [SEP]
+    # 4 tokens: [CLS], the first two words, [SEP]
+    head = FrozenEncoder(str(tiny_bert), 4, layers=(-1,)).encode(pairs.rewritten_text.tolist())
     assert np.allclose(features[:, 128:], head, atol=1e-5)
     assert not np.allclose(head, rewritten, atol=1e-3)  # rewrites here are longer than two words
     method.fit(pairs)
