@@ -198,8 +198,9 @@ def test_training_is_reproducible_with_the_seed():
 # --- method, save/load, bad input ---------------------------------------------------------------------
 
 def _method(tiny_bert, embedder: Path, tmp_path: Path, **extra):
-    return from_name("regressor", backbone=str(tiny_bert), embedder=str(embedder), max_length=32, multiplier=1,
-                     epochs=3, batch_size=8, cache_dir=str(tmp_path / "cache"), **extra)
+    options = dict(backbone=str(tiny_bert), embedder=str(embedder), max_length=32, multiplier=1, epochs=3,
+                   batch_size=8, cache_dir=str(tmp_path / "cache"))
+    return from_name("regressor", **{**options, **extra})
 
 
 def test_fit_predict_save_load_round_trip(tiny_bert, tiny_bert_embedder, tmp_path, caplog):
@@ -232,9 +233,9 @@ def test_fit_predict_save_load_round_trip(tiny_bert, tiny_bert_embedder, tmp_pat
 
 def test_interact_and_head_tokens_features_round_trip(tiny_bert, tiny_bert_embedder, tmp_path):
     pairs = _pairs(12)
-    default = _method(tiny_bert, tiny_bert_embedder, tmp_path)  # head_tokens 64, capped at max_length 32
+    default = _method(tiny_bert, tiny_bert_embedder, tmp_path, max_length=16)  # head_tokens 32, capped at 16
     config = default.config
-    assert (config.head_tokens, default.head_cache.encoder.max_length, config.pair) == (64, 32, "concat")
+    assert (config.head_tokens, default.head_cache.encoder.max_length, config.pair) == (32, 16, "concat")
     assert default.features(pairs).shape == (12, 2 * 64 + 64)  # [o, r] of the last two layers, then the head
     method = _method(tiny_bert, tiny_bert_embedder, tmp_path, pair="interact", head_tokens=4, layers=[-1])
     features = method.features(pairs)
