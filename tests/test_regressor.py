@@ -19,7 +19,8 @@ from conftest import CLI_ENV, ROOT, kill_when
 from promptrec.data import TRIPLE_COLUMNS, DataError, read_table
 from promptrec.methods.base import PredictsEmbeddings, config_from_dict, from_name, load_config_file, load_method
 from promptrec.methods.regressor import (
-    SHARD_TEXTS, FeatureCache, FrozenEncoder, RegressorConfig, RegressorMethod, build_head, head_predict, train_head,
+    SHARD_TEXTS, FeatureCache, FrozenEncoder, RegressorConfig, RegressorMethod, build_head, head_predict, pair_block,
+    train_head,
 )
 
 WORDS = ("rewrite this text as a pirate poem make it formal shorter the meeting was moved to thursday "
@@ -130,6 +131,35 @@ def test_cache_ignores_shards_of_other_settings(tiny_bert, tmp_path):
     assert reread.store == {}
 
 
+def test_features_of_chosen_layers_and_their_cache_key(tiny_bert):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    text = "the meeting was moved to thursday"
+    chosen = FrozenEncoder(str(tiny_bert), max_length=32, layers=(-1, 0, 1))
+    features = chosen.encode([text])
+    assert features.shape == (1, 96)
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_bert), AutoModel.from_pretrained(tiny_bert).eval()
+    with torch.no_grad():
+        hidden = model(**tokenizer(text, return_tensors="pt"), output_hidden_states=True).hidden_states
+    assert len(hidden) == 3  # embeddings + 2 layers: -1 is layer 2, 0 the embedding output
+    expected = torch.cat([hidden[2][0].mean(0), hidden[0][0].mean(0), hidden[1][0].mean(0)]).numpy()
+    assert np.allclose(features[0], expected, atol=1e-5)
+    default = FrozenEncoder(str(tiny_bert), max_length=32)
+    assert default.layers == (-1, -2)
+    assert FrozenEncoder(str(tiny_bert), max_length=32, layers=[-1, -2]).identity == default.identity
+    assert chosen.identity != default.identity != FrozenEncoder(str(tiny_bert), max_length=32, layers=(-2, -1)).identity
+
+
+def test_pair_block_concat_and_interact():
+    concat = np.array([[1.0, 2.0, 3.0, -4.0], [0.5, 0.0, 2.0, 1.0]], dtype=np.float32)  # (2, 2F) with F = 2
+    assert pair_block(concat, "concat") is concat
+    interact = pair_block(concat, "interact")
+    assert interact.shape == (2, 8) and interact.dtype == np.float32
+    assert interact.tolist() == [[1.0, 2.0, 3.0, -4.0, 2.0, -6.0, 3.0, -8.0],
+                                 [0.5, 0.0, 2.0, 1.0, 1.5, 1.0, 1.0, 0.0]]
+
+
 # --- head and training ------------------------------------------------------------------------------
 
 def test_head_layout_and_initialisation():
@@ -168,8 +198,9 @@ def test_training_is_reproducible_with_the_seed():
 # --- method, save/load, bad input ---------------------------------------------------------------------
 
 def _method(tiny_bert, embedder: Path, tmp_path: Path, **extra):
-    return from_name("regressor", backbone=str(tiny_bert), embedder=str(embedder), max_length=32, multiplier=1,
-                     epochs=3, batch_size=8, cache_dir=str(tmp_path / "cache"), **extra)
+    options = dict(backbone=str(tiny_bert), embedder=str(embedder), max_length=32, multiplier=1, epochs=3,
+                   batch_size=8, cache_dir=str(tmp_path / "cache"))
+    return from_name("regressor", **{**options, **extra})
 
 
 def test_fit_predict_save_load_round_trip(tiny_bert, tiny_bert_embedder, tmp_path, caplog):
@@ -198,6 +229,37 @@ def test_fit_predict_save_load_round_trip(tiny_bert, tiny_bert_embedder, tmp_pat
     assert report.bank_oracle == pytest.approx(1.0, abs=1e-5)  # every true prompt is in the bank
     assert -1 <= report.decoded_score <= report.bank_oracle + 1e-6
     assert all(report.label in line for line in report.lines())
+
+
+def test_interact_and_head_tokens_features_round_trip(tiny_bert, tiny_bert_embedder, tmp_path):
+    pairs = _pairs(12)
+    default = _method(tiny_bert, tiny_bert_embedder, tmp_path, max_length=16)  # head_tokens 32, capped at 16
+    config = default.config
+    assert (config.head_tokens, default.head_cache.encoder.max_length, config.pair) == (32, 16, "concat")
+    assert default.features(pairs).shape == (12, 2 * 64 + 64)  # [o, r] of the last two layers, then the head
+    method = _method(tiny_bert, tiny_bert_embedder, tmp_path, pair="interact", head_tokens=4, layers=[-1])
+    features = method.features(pairs)
+    assert features.shape == (12, 4 * 32 + 32)  # [o, r, r - o, o * r] of the last layer, then the rewrite's head
+    texts = pairs.original_text.tolist() + pairs.rewritten_text.tolist()
+    whole = FrozenEncoder(str(tiny_bert), 32, layers=(-1,)).encode(texts)
+    original, rewritten = whole[:12], whole[12:]
+    assert np.allclose(features[:, :128], np.concatenate(
+        [original, rewritten, rewritten - original, original * rewritten], axis=1), atol=1e-5)
+    # 4 tokens: [CLS], the first two words, [SEP]
+    head = FrozenEncoder(str(tiny_bert), 4, layers=(-1,)).encode(pairs.rewritten_text.tolist())
+    assert np.allclose(features[:, 128:], head, atol=1e-5)
+    assert not np.allclose(head, rewritten, atol=1e-3)  # rewrites here are longer than two words
+    method.fit(pairs)
+    assert method.head[0].in_features == 160
+    method.save(tmp_path / "model")
+    loaded = load_method(tmp_path / "model")
+    assert (loaded.config.pair, loaded.config.head_tokens, loaded.config.layers) == ("interact", 4, [-1])
+    assert np.array_equal(loaded.predict_embeddings(pairs), method.predict_embeddings(pairs))
+    assert loaded.predict(pairs) == method.predict(pairs)
+    loaded.config.head_tokens = 0  # features no longer match the saved head: one line naming both sizes
+    loaded._head_cache = None
+    with pytest.raises(DataError, match="gives 128 features per pair but the head expects 160"):
+        loaded.predict(pairs)
 
 
 def test_top_k_decoding_joins_the_nearest_prompts(tiny_bert, tiny_bert_embedder, tmp_path):
@@ -253,6 +315,12 @@ def test_config_validation_and_the_shipped_original_config():
         from_name("regressor", loss="mse")
     with pytest.raises(DataError, match="unknown option 'width'"):
         from_name("regressor", width=3)
+    with pytest.raises(DataError, match="pair must be one of concat, interact, not 'sum'"):
+        from_name("regressor", pair="sum")
+    with pytest.raises(DataError, match=r"layers must be distinct hidden-layer indices, not \[-1, -1\]"):
+        from_name("regressor", layers=[-1, -1])
+    with pytest.raises(DataError, match="head_tokens must be 0 \\(off\\) or more, not -1"):
+        from_name("regressor", head_tokens=-1)
     path = ROOT / "configs" / "regressor_original.yaml"
     shipped = load_config_file(path)
     original = config_from_dict(RegressorConfig, shipped, str(path))
@@ -311,7 +379,7 @@ def test_cli_training_killed_with_sigkill_reuses_its_feature_shards(tiny_bert, t
     data, out, cache = tmp_path / "train.csv", tmp_path / "model", tmp_path / "cache"
     _pairs(1500).to_csv(data, index=False)  # 3,000 distinct texts: 6 shards, encoded one text per forward pass
     options = dict(backbone=str(tiny_bert), embedder=str(tiny_bert_embedder), max_length=32, multiplier=1, epochs=2,
-                   batch_size=64, encode_batch_size=1)
+                   batch_size=64, encode_batch_size=1, head_tokens=0)  # the full texts' shards only, counted below
     command = [sys.executable, "-m", "promptrec", "--threads", "1", "train", "regressor", str(data), "-o", str(out),
                *[arg for k, v in {**options, "cache_dir": cache}.items() for arg in ("--set", f"{k}={v}")]]
 

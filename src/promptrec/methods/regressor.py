@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 HEAD_WEIGHTS = "head.safetensors"
 LOSSES = ("cosine", "score")
+PAIRS = ("concat", "interact")
+DEFAULT_LAYERS = (-1, -2)
 SHARD_TEXTS = 512  # texts encoded between two cache writes
 
 
@@ -33,6 +35,12 @@ SHARD_TEXTS = 512  # texts encoded between two cache writes
 # 0.104, m=2 at 3 epochs 0.168), and an epoch takes about a second. Decoding adds the `bank` method's
 # direction query with weight 2 (fold 0 / fold 1 decoded cos**3, proxy, training-prompt bank: w=0 0.120 /
 # -, w=1 0.177 / 0.186, w=2 0.192 / 0.195, w=3 - / 0.187); the original decoded nothing (w=0).
+# Under leave-one-source-out CV (six shared files, 400 held-out rows per fold, proxy; `bench/regressor_loso.py`),
+# the rewrite's first 32 tokens as their own block (lead-ins and titles, diluted in the full text's mean) win on
+# 5 of 5 held-out sources, 0.0804 -> 0.0870 (64 tokens: 0.0847; with all three prompt lists in the bank:
+# 0.0953 -> 0.1029, 64 tokens 0.1002). Beside the 64-token block, pair=interact (+0.0001), m=4 (+0.0014) and
+# w=1 or 3 (-0.002) did not earn a default, nor did all-mpnet-base-v2 as the backbone (80 rows per file: +0.003
+# without the head block, -0.001 with it, at 5x MiniLM's encoding time).
 @dataclass
 class RegressorConfig:
     """Options of the regressor; the defaults are the offline CPU setup (configs/ holds the original's)."""
@@ -40,6 +48,9 @@ class RegressorConfig:
     backbone: str = "minilm"  # frozen encoder (AutoModel): offline short name, hub id or folder
     embedder: str = "proxy"  # metric embedder whose normalised prompt embedding is the target
     max_length: int = 256  # tokens read per text (MiniLM was trained on 256)
+    layers: list[int] = field(default_factory=lambda: list(DEFAULT_LAYERS))  # hidden layers mean-pooled per text
+    pair: str = "concat"  # concat: (original, rewritten); interact: also rewritten - original and their product
+    head_tokens: int = 32  # >0: the rewrite's first N tokens (at most max_length) as one more feature block
     multiplier: int = 2  # m: head width is m * D (D = embedder dim); the original used 42
     loss: str = "score"  # score: -mean(cos**3), the metric itself (5-fold CV preferred it); cosine: mean(1 - cos)
     lr: float = 1e-3  # AdamW learning rate
@@ -63,6 +74,12 @@ class RegressorConfig:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise DataError(f"regressor: loss must be one of {', '.join(LOSSES)}, not '{self.loss}'")
+        if self.pair not in PAIRS:
+            raise DataError(f"regressor: pair must be one of {', '.join(PAIRS)}, not '{self.pair}'")
+        if not self.layers or len(set(self.layers)) != len(self.layers):
+            raise DataError(f"regressor: layers must be distinct hidden-layer indices, not {self.layers}")
+        if self.head_tokens < 0:
+            raise DataError(f"regressor: head_tokens must be 0 (off) or more, not {self.head_tokens}")
         for name in ("max_length", "multiplier", "epochs", "batch_size", "top_k", "encode_batch_size"):
             if getattr(self, name) < 1:
                 raise DataError(f"regressor: {name} must be at least 1, not {getattr(self, name)}")
@@ -73,11 +90,13 @@ def _text_key(text: str) -> bytes:
 
 
 class FrozenEncoder:
-    """A pretrained encoder read-only: per text, mean-pooled last and second-to-last hidden layers (2H)."""
+    """A pretrained encoder read-only: per text, mean-pooled hidden layers side by side (len(layers) * H)."""
 
-    def __init__(self, backbone: str, max_length: int, device: str = "cpu", batch_size: int = 16, amp: bool = True):
+    def __init__(self, backbone: str, max_length: int, device: str = "cpu", batch_size: int = 16, amp: bool = True,
+                 layers: Iterable[int] = DEFAULT_LAYERS):
         self.source = resolve_model(backbone)
         self.max_length = max_length
+        self.layers = tuple(layers)
         self.device = device
         self.batch_size = batch_size
         self.amp = amp
@@ -86,8 +105,10 @@ class FrozenEncoder:
 
     @property
     def identity(self) -> str:
-        """What the features depend on: model source, its config and weight files, and max_length."""
+        """What the features depend on: model source, its config and weight files, max_length and layers."""
         parts = [self.source, f"max_length={self.max_length}"]
+        if self.layers != DEFAULT_LAYERS:  # the default adds nothing, so caches of the last two layers stay valid
+            parts.append(f"layers={list(self.layers)}")
         folder = Path(self.source)
         if folder.is_dir():
             config = folder / "config.json"
@@ -113,7 +134,7 @@ class FrozenEncoder:
             raise DataError(f"cannot load encoder '{self.source}' ({str(err).splitlines()[0]})") from None
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """(n, 2H) float32: masked means of the last two hidden layers, side by side."""
+        """(n, len(layers) * H) float32: masked means of the chosen hidden layers, side by side."""
         import torch
 
         if self._model is None:
@@ -128,8 +149,8 @@ class FrozenEncoder:
             with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
                 hidden = self._model(**batch, output_hidden_states=True).hidden_states
             mask = batch["attention_mask"].unsqueeze(-1).float()  # (b, t, 1)
-            pooled = [(layer.float() * mask).sum(1) / mask.sum(1).clamp(min=1) for layer in (hidden[-1], hidden[-2])]
-            features = torch.cat(pooled, dim=1).cpu().numpy()  # (b, 2H)
+            pooled = [(hidden[k].float() * mask).sum(1) / mask.sum(1).clamp(min=1) for k in self.layers]
+            features = torch.cat(pooled, dim=1).cpu().numpy()  # (b, len(layers) * H)
             for i, row in zip(chunk, features):
                 rows[i] = row
         return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
@@ -177,13 +198,13 @@ class FeatureCache:
         return sum(_text_key(t) in self.store for t in set(texts))
 
     def features(self, texts: list[str]) -> np.ndarray:
-        """(n, 2H) features of `texts`; only texts never seen with this backbone and length are encoded."""
+        """(n, F) features of `texts`; only texts never seen with this backbone, length and layers are encoded."""
         keys = [_text_key(t) for t in texts]
         missing = list(dict.fromkeys(k for k in keys if k not in self.store))
         text_of = dict(zip(keys, texts))
         for start in range(0, len(missing), SHARD_TEXTS):  # one shard per chunk: an interrupted run resumes
             chunk = missing[start : start + SHARD_TEXTS]
-            fresh = self.encoder.encode([text_of[k] for k in chunk])  # (chunk, 2H)
+            fresh = self.encoder.encode([text_of[k] for k in chunk])  # (chunk, F)
             self.store.update(zip(chunk, fresh))
             self.encoded += len(chunk)
             if self.folder:
@@ -191,13 +212,22 @@ class FeatureCache:
         return np.stack([self.store[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
 
     def pair_features(self, pairs: pd.DataFrame) -> np.ndarray:
-        """(n, 4H): original-text features then rewritten-text features, per row."""
-        per_text = self.features(pair_texts(pairs))  # (2n, 2H)
+        """(n, 2F): original-text features then rewritten-text features, per row."""
+        per_text = self.features(pair_texts(pairs))  # (2n, F)
         return np.concatenate([per_text[: len(pairs)], per_text[len(pairs) :]], axis=1)
 
 
+def pair_block(concat: np.ndarray, pair: str) -> np.ndarray:
+    """(n, 2F) `[original, rewritten]` as is (concat), or (n, 4F) `[o, r, r - o, o * r]` (interact): the difference
+    and product spell out what changed, which a narrow head would otherwise have to learn from the two halves."""
+    if pair == "concat":
+        return concat
+    original, rewritten = np.split(concat, 2, axis=1)
+    return np.concatenate([original, rewritten, rewritten - original, original * rewritten], axis=1)
+
+
 def build_head(feature_dim: int, target_dim: int, multiplier: int, init_std: float):
-    """`Linear(4H, m*D) -> BatchNorm1d(m*D) -> ReLU -> Linear(m*D, D)`, weights normal(0, init_std), zero biases."""
+    """`Linear(F, m*D) -> BatchNorm1d(m*D) -> ReLU -> Linear(m*D, D)`, weights normal(0, init_std), zero biases."""
     from torch import nn
 
     width = multiplier * target_dim
@@ -266,7 +296,7 @@ def shuffled_batches(features, targets, batch_size: int, generator) -> Iterator:
 
 def train_head(features: np.ndarray, targets: np.ndarray, config: RegressorConfig, init_std: float = 0.02,
                device: str = "cpu"):
-    """Fit a fresh head on cached (n, 4H) features to (n, D) targets; returns (head, loss per epoch)."""
+    """Fit a fresh head on cached (n, F) features to (n, D) targets; returns (head, loss per epoch)."""
     import torch
 
     torch.manual_seed(config.seed)
@@ -324,20 +354,38 @@ class RegressorMethod(UsesEmbedder):
         self.bank: PromptBank | None = None
         self.losses: list[float] = []
         self._cache: FeatureCache | None = None
+        self._head_cache: FeatureCache | None = None
 
     @property
     def device(self) -> str:
         """The torch device the encoder and head run on."""
         return pick_device(self.config.device)
 
+    def _new_cache(self, max_length: int) -> FeatureCache:
+        encoder = FrozenEncoder(self.config.backbone, max_length, self.device, self.config.encode_batch_size,
+                                self.config.amp, self.config.layers)
+        return FeatureCache(encoder, cache_dir(self.config.cache_dir) if self.config.feature_cache else None)
+
     @property
     def cache(self) -> FeatureCache:
-        """The feature cache of this backbone and max_length."""
+        """The feature cache of this backbone, max_length and layers."""
         if self._cache is None:
-            encoder = FrozenEncoder(self.config.backbone, self.config.max_length, self.device,
-                                    self.config.encode_batch_size, self.config.amp)
-            self._cache = FeatureCache(encoder, cache_dir(self.config.cache_dir) if self.config.feature_cache else None)
+            self._cache = self._new_cache(self.config.max_length)
         return self._cache
+
+    @property
+    def head_cache(self) -> FeatureCache:
+        """The feature cache of the rewrites' first `head_tokens` tokens (at most max_length)."""
+        if self._head_cache is None:
+            self._head_cache = self._new_cache(min(self.config.head_tokens, self.config.max_length))
+        return self._head_cache
+
+    def features(self, pairs: pd.DataFrame) -> np.ndarray:
+        """(n, F) head input: `pair_block` of both texts' features, then (head_tokens > 0) the rewrite's head."""
+        blocks = [pair_block(self.cache.pair_features(pairs), self.config.pair)]
+        if self.config.head_tokens:
+            blocks.append(self.head_cache.features([str(t) for t in pairs[REWRITTEN]]))
+        return np.concatenate(blocks, axis=1)
 
     def fit(self, triples: pd.DataFrame) -> None:
         """Train the head on (features, prompt embedding) pairs and embed the decoding bank."""
@@ -346,7 +394,7 @@ class RegressorMethod(UsesEmbedder):
         distinct, cached = len(set(texts)), self.cache.cached(texts)
         # shards written by an interrupted run are read back here, so a rerun only encodes the rest
         log.info("regressor: features for %d texts: %d from cache, %d to encode", distinct, cached, distinct - cached)
-        features = self.cache.pair_features(triples)  # (n, 4H)
+        features = self.features(triples)  # (n, F)
         targets = self.embedder.encode(prompts)  # (n, D) unit rows
         self.head, self.losses = train_head(features, targets, self.config, self.cache.encoder.initializer_range(),
                                             self.device)
@@ -357,11 +405,11 @@ class RegressorMethod(UsesEmbedder):
         """(n, D) unit prompt embeddings as the head predicts them."""
         if self.head is None:
             raise DataError("regressor: not trained; run `promptrec train regressor DATA -o DIR` first")
-        features = self.cache.pair_features(pairs)
+        features = self.features(pairs)
         expected = self.head[0].in_features
         if features.shape[1] != expected:
-            raise DataError(f"regressor: backbone '{self.config.backbone}' gives {features.shape[1]} features "
-                            f"per pair but the head expects {expected}")
+            raise DataError(f"regressor: backbone '{self.config.backbone}' with these feature options gives "
+                            f"{features.shape[1]} features per pair but the head expects {expected}")
         return head_predict(self.head, features, self.device)
 
     def decode_queries(self, pairs: pd.DataFrame, pred: np.ndarray) -> np.ndarray:
