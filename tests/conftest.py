@@ -28,6 +28,19 @@ _CORPUS = [
 ] * 20
 
 
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """Run the CLI as a user does (`main`, so errors become one line and an exit code): (code, stdout, stderr)."""
+    from promptrec.cli import main
+
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as stop:
+        code = stop.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def shared_file(name: str) -> Path:
     """A file of ../shared/data, or skip the test with a clear message when that folder is absent."""
     path = SHARED_DATA / name

@@ -14,26 +14,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import run_cli as run
 from promptrec.bundle import (
     BundleConfig, require_cpu_torch, pip_error_line, build_bundle, install_commands, model_needs, platform_tags,
 )
-from promptrec.cli import main
 from promptrec.data import DataError
 from promptrec.methods.base import from_name, save_config
 from promptrec.pipeline import train
 
 PROMPT = "Make it rhyme."
 WHEEL = "promptrec-0.1.0-py3-none-any.whl"
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as stop:
-        code = stop.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def files(folder: Path) -> list[str]:

@@ -9,21 +9,12 @@ import pandas as pd
 import pytest
 
 from conftest import EXAMPLES, shared_file
-from promptrec.cli import app, main
+from conftest import run_cli as run
+from promptrec.cli import app
 
 BAD = sorted(p for p in (Path(__file__).parent / "data" / "bad").iterdir() if not p.name.startswith("ok_"))
 VERBS = ["clean", "embed", "score", "recover", "explain", "train", "methods", "bench", "cv", "optimize-prompt", "fit",
          "bundle", "generate", "regressor-report"]
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as stop:
-        code = stop.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_verbs_and_help(capsys):

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import EXAMPLES
+from conftest import run_cli as run
 from rich.console import Console
 
-from promptrec.cli import main
 from promptrec.data import DataError
 from promptrec.explain import HIGHLIGHT, GIVEN_ID, explain, highlighted_rewrite, open_model, read_case, render
 from promptrec.methods.base import load_method, never_blank
@@ -27,16 +27,6 @@ KEYS = ["id", "method", "mode", "original_text", "rewritten_text", "evidence", "
         "final_prompt", "fallback", "truth", "final_score", "embedder"]
 MEMBERS = ["best", "bank", "regressor", "evidence"]
 PROXY = "proxy (all-MiniLM-L6-v2)"
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as stop:
-        code = stop.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import kill_when
+from conftest import kill_when, run_cli
 from typer.testing import CliRunner
 
 from promptrec.clean import parse_generation
@@ -377,14 +377,8 @@ def test_cli_training_killed_with_sigkill_resumes_from_its_checkpoint(tiny_lm_di
 
 def _cli(capsys, *argv) -> tuple[int, str]:
     """Run the CLI as a user does: (exit code, stderr joined into one line)."""
-    from promptrec.cli import main
-
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as done:
-        code = done.code
-    return code, " ".join(capsys.readouterr().err.split())
+    code, _, err = run_cli(capsys, *argv)
+    return code, " ".join(err.split())
 
 
 def test_cli_trains_a_finished_fit_further_on_the_same_data_order(tiny_lm_dir, tmp_path, one_thread, messages,
