@@ -159,7 +159,7 @@ def train(method: "LoraMethod", train_rows: pd.DataFrame, held: pd.DataFrame) ->
 
     loaded_attention = base.config._attn_implementation  # generation after training goes back to it
     base.set_attn_implementation(cfg.attention or ("eager" if autocast and device == "cpu" else loaded_attention))
-    checkpointing = pick_device() == "cuda" if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
+    checkpointing = device == "cuda" if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
     if checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
