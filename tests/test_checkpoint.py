@@ -92,3 +92,14 @@ def test_unreadable_checkpoint_is_one_line(tmp_path):
     checkpoint.remove(tmp_path)
     assert not tmp_path.exists()
     checkpoint.remove(tmp_path)  # already gone: nothing to do
+
+
+def test_options_added_since_a_run_was_saved_read_as_how_it_trained(tmp_path):
+    folder = tmp_path / "old.partial"
+    checkpoint.open_run(folder, {"lr": 0.1})  # saved before option "bucket" existed; it trained unbucketed
+    checkpoint.open_run(folder, {"lr": 0.1, "bucket": False}, added={"bucket": False})  # continues
+    with pytest.raises(DataError, match=r"old.partial: an unfinished training run with other arguments "
+                                        r"\(bucket: False, now True\)"):
+        checkpoint.open_run(folder, {"lr": 0.1, "bucket": True}, added={"bucket": False})
+    with pytest.raises(DataError, match=r"\(bucket: None, now False\)"):  # without `added`: a missing key differs
+        checkpoint.check_run(folder, {"lr": 0.1, "bucket": False}, "a finished training run", "")

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from promptrec.data import DataError
-from promptrec.methods.base import METHODS, Method, from_name, load_method, method_class
+from promptrec.methods.base import (METHODS, Method, PredictsEmbeddings, from_name, load_method, method_class,
+                                    text_view)
 
 _ROWS = [
     ("Rewrite this text as a pirate would say it.", "The meeting was moved to Thursday.", "Arr, the meeting be Thursday."),
@@ -79,3 +80,33 @@ def test_a_folder_saved_by_another_method_is_refused_in_one_line(name, tmp_path)
     message = str(error.value)
     assert "\n" not in message and message.startswith(str(tmp_path / other))
     assert f"'{other}'" in message and f"'{name}'" in message, message
+
+
+_LEAD_IN = "Sure, here's the text rewritten as a pirate's tale:\n\n"
+EVIDENT = TRIPLES.assign(rewritten_text=[("**A Tale**\n" if i % 2 else _LEAD_IN) + text
+                                         for i, text in enumerate(TRIPLES["rewritten_text"])])
+VIEWED = [name for name in METHODS if "view" in {f.name for f in dataclasses.fields(method_class(name).Config)}]
+
+
+def test_text_view_cuts_the_rewriters_statements():
+    assert VIEWED == ["bank", "regressor", "lora", "fewshot"]  # every method that reads the rewrite
+    stripped = text_view(EVIDENT.head(2), "stripped")["rewritten_text"].tolist()
+    assert stripped == ["Arr, the meeting be Thursday.", "A Tale\nKindly ensure the door is locked."]
+    assert text_view(EVIDENT, "raw") is EVIDENT and EVIDENT["rewritten_text"][0].startswith("Sure, here's")
+    with pytest.raises(DataError, match="^bank: view must be one of raw, stripped, not 'clean'$"):
+        from_name("bank", view="clean")
+
+
+@pytest.mark.parametrize("name", VIEWED)
+def test_view_is_the_same_in_fit_and_predict(name, contract_options, one_thread):
+    """view=stripped on raw rewrites = view=raw on rewrites stripped beforehand, in fit and in predict alike."""
+    viewed = from_name(name, **contract_options(name), view="stripped")
+    viewed.fit(EVIDENT)
+    plain = from_name(name, **contract_options(name))
+    plain.fit(text_view(EVIDENT, "stripped"))
+    pairs = EVIDENT.drop(columns="rewrite_prompt")
+    assert viewed.predict(pairs) == plain.predict(text_view(pairs, "stripped"))
+    if isinstance(viewed, PredictsEmbeddings):  # what decoding searches with, before it snaps to a bank prompt
+        assert viewed.predict_embeddings(pairs) == pytest.approx(plain.predict_embeddings(text_view(pairs, "stripped")))
+    if name == "fewshot":  # the tiny LLM's answers fall back alike; its inputs must match
+        assert viewed.inputs(pairs) == plain.inputs(text_view(pairs, "stripped"))

@@ -24,22 +24,24 @@ MANIFEST, STATE, TENSORS = "manifest.json", "state.json", "tensors.safetensors"
 _NUMBERED = re.compile(r"^checkpoint-(\d{6})$")
 
 
-def open_run(folder: Path, manifest: dict[str, Any], kind: str = "training run") -> None:
+def open_run(folder: Path, manifest: dict[str, Any], kind: str = "training run",
+             added: dict[str, Any] | None = None) -> None:
     """Create `folder` with `manifest`, or check that the unfinished run there had the same one
-    (`kind` names the run in the error: "training run", or "run" for generation)."""
+    (`kind` names the run in the error: "training run", or "run" for generation; `added` as in `check_run`)."""
     folder = Path(folder)
     if (folder / MANIFEST).is_file():
         check_run(folder, manifest, f"an unfinished {kind}", "re-run with the same arguments to continue it, or "
-                  "delete the folder (or choose another output folder) to start over")
+                  "delete the folder (or choose another output folder) to start over", added)
         return
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_write(folder / MANIFEST) as handle:
         handle.write(json.dumps(manifest, indent=1))
 
 
-def check_run(folder: Path, manifest: dict[str, Any], what: str, remedy: str) -> None:
+def check_run(folder: Path, manifest: dict[str, Any], what: str, remedy: str,
+              added: dict[str, Any] | None = None) -> None:
     """One-line error (`what` the run is, e.g. "an unfinished training run", then `remedy`) unless the run saved in
-    `folder` had `manifest`."""
+    `folder` had `manifest`; `added` maps options newer than some saved runs to how runs without them trained."""
     path = Path(folder) / MANIFEST
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
@@ -47,6 +49,7 @@ def check_run(folder: Path, manifest: dict[str, Any], what: str, remedy: str) ->
         raise DataError(f"{folder}: no {MANIFEST}: not the state of a training run") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise DataError(f"{path}: unreadable manifest; delete {folder} to start over") from None
+    old = {**(added or {}), **old}
     manifest = json.loads(json.dumps(manifest))  # tuples become lists, as they were read back
     changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
     if changed:

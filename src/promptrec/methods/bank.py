@@ -12,7 +12,7 @@ import pandas as pd
 
 from promptrec import vectors
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, read_texts
-from promptrec.methods.base import load_saved, safe_child, save_config
+from promptrec.methods.base import check_view, load_saved, safe_child, save_config, text_view
 from promptrec.metric import UsesEmbedder, load_embeddings, save_embeddings
 from promptrec.models import cache_dir
 
@@ -142,8 +142,10 @@ class BankConfig:
     query: str = "rewritten"  # rewritten: nearest to the rewritten text; direction: to rewritten minus original
     top_k: int = 1  # 1: the nearest prompt; k > 1: the k nearest joined by spaces
     cache_dir: str = ""  # bank-file embedding cache ("" = PROMPTREC_CACHE or ~/.cache/promptrec)
+    view: str = "raw"  # the rewrite as read in fit and predict: raw, or stripped of lead-ins, titles and refusals
 
     def __post_init__(self):
+        check_view("bank", self.view)
         if self.query not in QUERIES:
             raise DataError(f"bank: query must be one of {', '.join(QUERIES)}, not '{self.query}'")
         if self.top_k < 1:
@@ -167,6 +169,7 @@ class BankMethod(UsesEmbedder):
 
     def queries(self, pairs: pd.DataFrame) -> np.ndarray:
         """(n, dim) query embeddings: the rewritten text, or the direction from original to rewritten."""
+        pairs = text_view(pairs, self.config.view)
         rewritten = self.embedder.encode(pairs[REWRITTEN].tolist())
         if self.config.query == "rewritten":
             return rewritten

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from promptrec.data import DataError, atomic_write
+from promptrec.data import REWRITTEN, DataError, atomic_write
 
 # Used wherever a method produced nothing usable: a blank prediction is an error in the competition.
 FALLBACK_PROMPT = "Rewrite this text in a different style."
@@ -201,6 +201,26 @@ def checkpoint_beside(method: Method, output: str | Path) -> None:
             checkpoint_beside(member, output / label)
     if isinstance(method, Resumable):
         method.resume_in(output.parent / f"{output.name}.partial")
+
+
+# How a method that reads the rewrite sees it, in fit and predict alike (option `view`): as given, or with the
+# rewriter's statements about its instruction (lead-ins, titles, refusals: clean's EVIDENCE_RULES) cut.
+VIEWS = ("raw", "stripped")
+
+
+def check_view(method: str, view: str) -> None:
+    """One-line error unless `view` is one of VIEWS."""
+    if view not in VIEWS:
+        raise DataError(f"{method}: view must be one of {', '.join(VIEWS)}, not '{view}'")
+
+
+def text_view(frame: pd.DataFrame, view: str) -> pd.DataFrame:
+    """`frame` with its rewritten texts as `view` shows them ("raw": `frame` itself)."""
+    if view == "raw":
+        return frame
+    from promptrec.clean import clean_texts
+
+    return frame.assign(**{REWRITTEN: clean_texts(frame[REWRITTEN], keep_evidence=False)[0]})
 
 
 def never_blank(prompts: list[str | None], fallback: str = FALLBACK_PROMPT) -> list[str]:

@@ -13,7 +13,7 @@ import pandas as pd
 from promptrec.clean import parse_generation
 from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, read_table, write_table
 from promptrec.llm.templates import head_tail
-from promptrec.methods.base import FALLBACK_PROMPT, load_saved, never_blank, safe_child, save_config
+from promptrec.methods.base import FALLBACK_PROMPT, check_view, load_saved, never_blank, safe_child, save_config, text_view
 from promptrec.vectors import Encode, direction, most_typical, top_k, unit_rows
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,14 @@ class FewShotConfig:
     fallback_prompt: str = FALLBACK_PROMPT  # used when the answer is empty or unusable (unless select_fallback)
     select_fallback: bool = True  # fit picks the training set's best constant prompt as the fallback instead
     embedder: str = "proxy"  # embedder of the retrieval index: proxy, official or a folder
+    view: str = "raw"  # the rewrite as read in fit and predict: raw, or stripped of lead-ins, titles and refusals
     embed_words: int = 96  # texts are cut to this many words (head and tail) before embedding: a cheap index
     threads: int = 0  # llama.cpp threads (0: models.thread_count, i.e. PROMPTREC_THREADS, else all cores)
     prefix_cache: bool = True  # llama.cpp: evaluate a prompt prefix shared with the previous row once
 
     def __post_init__(self) -> None:
         """Reject impossible options in one line; fill the example budget implied by `selection`."""
+        check_view("fewshot", self.view)
         if self.selection not in ("retrieved", "fixed"):
             raise DataError(f"fewshot: selection must be 'retrieved' or 'fixed', not '{self.selection}'")
         if self.template not in ("auto", "chat", "completion"):
@@ -249,7 +251,7 @@ class FewShotMethod:
     # -- fit / predict --
     def fit(self, triples: pd.DataFrame) -> None:
         """Build the example index (pair embeddings); learn the fixed examples and the fallback prompt afresh."""
-        self.index = ExampleIndex.build(triples, self.encode, self.config.embed_words)
+        self.index = ExampleIndex.build(text_view(triples, self.config.view), self.encode, self.config.embed_words)
         prompts = self.index.examples[PROMPT].tolist()
         self.fixed_ids = []
         if self.config.selection == "fixed":
@@ -294,6 +296,7 @@ class FewShotMethod:
     def inputs(self, pairs: pd.DataFrame) -> list[str]:
         """The model input of every row, in order."""
         chat = self.uses_chat()
+        pairs = text_view(pairs, self.config.view)
         return [self.render(s, o, r, chat) for s, o, r in zip(self.shots(pairs), pairs[ORIGINAL], pairs[REWRITTEN])]
 
     def predict(self, pairs: pd.DataFrame) -> list[str | None]:

@@ -21,7 +21,7 @@ from promptrec import checkpoint
 from promptrec.clean import parse_generation
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, held_out
 from promptrec.llm.templates import head_tail
-from promptrec.methods.base import FALLBACK_PROMPT, load_saved, never_blank, save_config
+from promptrec.methods.base import FALLBACK_PROMPT, check_view, load_saved, never_blank, save_config, text_view
 
 ADAPTER_DIR, TOKENIZER_DIR, MERGED_DIR, HISTORY_FILE = "adapter", "tokenizer", "merged", "history.json"
 TRAIN_STATE = "train_state"  # the finished run's last checkpoint, kept so `train --from` can train further
@@ -66,6 +66,7 @@ class LoraConfig:
     bf16: bool | None = None  # bf16 weights + autocast; None: on a bf16 GPU; autocast alone on a native-bf16 CPU
     # eager: under bf16 autocast on CPU its backward beats SDPA's (1.23-1.43x, `promptrec bench lora_train`)
     attention: str | None = None  # training attention (eager, sdpa); None: eager under CPU autocast, else the model's
+    view: str = "raw"  # the rewrite as read in fit and predict: raw, or stripped of lead-ins, titles and refusals
     seed: int = 0  # seeds initialisation, shuffling, dropout and the split
     max_new_tokens: int = 48  # generation stops here, at EOS or at the end of the first line
     num_beams: int = 1  # 1: greedy decoding
@@ -77,6 +78,7 @@ class LoraConfig:
     checkpoint_dir: str | None = None  # checkpoint folder; None: where `resume_in` says (`train`: OUTPUT.partial)
 
     def __post_init__(self):
+        check_view("lora", self.view)
         for name in ("r", "alpha", "prompt_tokens", "batch_size", "grad_accum", "epochs", "val_rows",
                      "max_new_tokens", "num_beams", "infer_batch_size"):
             if getattr(self, name) < 1:
@@ -164,7 +166,7 @@ class LoraMethod:
         original_text; with `select_fallback`, the best constant training prompt becomes the fallback prompt."""
         from promptrec.methods import lora_train
 
-        rows = triples[triples[PROMPT].str.strip() != ""]
+        rows = text_view(triples[triples[PROMPT].str.strip() != ""], self.config.view)
         if rows.empty:
             raise DataError("lora: no training rows with a non-blank rewrite_prompt")
         mask = held_out(rows[ORIGINAL].tolist(), self.config.val_fraction, self.config.seed)
@@ -194,6 +196,7 @@ class LoraMethod:
         if self._newlines is None:
             self._newlines = hf.newline_ids(self.tokenizer)
         cfg = self.config
+        pairs = text_view(pairs, cfg.view)
         inputs = [render_input(self.tokenizer, o, w, cfg) for o, w in zip(pairs[ORIGINAL], pairs[REWRITTEN])]
         device = str(next(self.model.parameters()).device)
         new_ids, _ = hf.generate_ids(self.model, self.tokenizer, inputs, cfg.max_new_tokens, cfg.infer_batch_size,

@@ -24,10 +24,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RUN_ONLY = ("checkpoint_dir", "checkpoint_steps", "merge")  # options a resumed run may change: they do not alter training
+# options a resumed run may change: they do not alter what is trained (attention: only which kernel computes it)
+RUN_ONLY = ("checkpoint_dir", "checkpoint_steps", "merge", "attention")
 # Options that say how long to train, not how: a resumed or continued run may change them (a longer run re-plans the
 # learning-rate schedule for its new total from where the saved one stopped).
 LENGTH = ("max_steps", "epochs", "patience")
+# Options added after runs were first saved, with the value that trains as those runs did (they batched in order).
+ADDED = {"bucket": False, "view": "raw"}
 
 # LoRA targets by config.model_type: every attention and MLP projection; unknown types get peft's "all-linear".
 _LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -150,9 +153,9 @@ def train(method: "LoraMethod", train_rows: pd.DataFrame, held: pd.DataFrame) ->
     start = method.start_dir if method.start_dir and not (folder and checkpoint.has_checkpoint(folder)) else None
     if start:
         checkpoint.check_run(start, run, "a finished training run", f"continue it on the same data with the same "
-                             f"options (only {', '.join(LENGTH)} may change)")
+                             f"options (only {', '.join(LENGTH)} may change)", ADDED)
     if folder:
-        checkpoint.open_run(folder, run)
+        checkpoint.open_run(folder, run, added=ADDED)
     base, tokenizer = load_causal_lm(cfg.model, bf16), load_tokenizer(cfg.model)
     encode = lambda f: [encode_example(tokenizer, o, w, p, cfg) for o, w, p in zip(f[ORIGINAL], f[REWRITTEN], f[PROMPT])]
     train_encoded, held_encoded = encode(train_rows), encode(held)

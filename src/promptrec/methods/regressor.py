@@ -13,7 +13,7 @@ import pandas as pd
 
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError
 from promptrec.methods.bank import BANK_TEXTS, PromptBank, build_bank, check_dim
-from promptrec.methods.base import load_saved, safe_child, save_config
+from promptrec.methods.base import check_view, load_saved, safe_child, save_config, text_view
 from promptrec.metric import UsesEmbedder
 from promptrec.models import cache_dir, pick_device, resolve_model
 from promptrec.vectors import direction, unit_rows
@@ -69,9 +69,11 @@ class RegressorConfig:
     bank_files: list[str] = field(default_factory=list)  # prompt lists added to the decoding bank
     training_prompts: bool = True  # put the training prompts in the decoding bank
     top_k: int = 1  # decode to the nearest bank prompt, or the k nearest joined by spaces
+    view: str = "raw"  # the rewrite as read in fit and predict: raw, or stripped of lead-ins, titles and refusals
     direction_weight: float = 2.0  # decode query = prediction + w * unit(emb(rewritten) - emb(original)), metric embedder
 
     def __post_init__(self):
+        check_view("regressor", self.view)
         if self.loss not in LOSSES:
             raise DataError(f"regressor: loss must be one of {', '.join(LOSSES)}, not '{self.loss}'")
         if self.pair not in PAIRS:
@@ -389,6 +391,7 @@ class RegressorMethod(UsesEmbedder):
 
     def fit(self, triples: pd.DataFrame) -> None:
         """Train the head on (features, prompt embedding) pairs and embed the decoding bank."""
+        triples = text_view(triples, self.config.view)
         prompts = [str(p) for p in triples[PROMPT].tolist()]
         texts = pair_texts(triples)
         distinct, cached = len(set(texts)), self.cache.cached(texts)
@@ -405,7 +408,7 @@ class RegressorMethod(UsesEmbedder):
         """(n, D) unit prompt embeddings as the head predicts them."""
         if self.head is None:
             raise DataError("regressor: not trained; run `promptrec train regressor DATA -o DIR` first")
-        features = self.features(pairs)
+        features = self.features(text_view(pairs, self.config.view))
         expected = self.head[0].in_features
         if features.shape[1] != expected:
             raise DataError(f"regressor: backbone '{self.config.backbone}' with these feature options gives "
@@ -416,6 +419,7 @@ class RegressorMethod(UsesEmbedder):
         """(n, D) bank queries: the prediction, plus `direction_weight` times the `bank` method's direction query."""
         if not self.config.direction_weight:
             return pred
+        pairs = text_view(pairs, self.config.view)
         shift = direction(self.embedder.encode([str(t) for t in pairs[REWRITTEN]]),
                           self.embedder.encode([str(t) for t in pairs[ORIGINAL]]))  # (n, D)
         return pred + self.config.direction_weight * shift
