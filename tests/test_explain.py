@@ -14,8 +14,11 @@ from conftest import run_cli as run
 from rich.console import Console
 
 from promptrec.data import DataError
-from promptrec.explain import HIGHLIGHT, GIVEN_ID, explain, highlighted_rewrite, open_model, read_case, render
-from promptrec.methods.base import load_method, never_blank
+from promptrec.explain import (
+    GIVEN_ID, HIGHLIGHT, Candidate, Case, Explanation, Neighbour, explain, highlighted_rewrite, open_model, read_case,
+    render,
+)
+from promptrec.methods.base import FALLBACK_PROMPT, from_name, load_method, never_blank
 from promptrec.metric import load_embedder, score
 from promptrec.pipeline import fit_ensemble
 
@@ -48,7 +51,15 @@ def cases(tmp_path) -> Path:
     return path
 
 
+def _view(found: Explanation) -> list[str]:
+    """The Rich view of `found` as plain lines."""
+    console = Console(width=60, record=True, soft_wrap=True)
+    console.print(render(found))
+    return console.export_text().splitlines()
+
+
 def _json(capsys, *argv) -> dict:
+    """`promptrec explain ARGV --json`, parsed; it must succeed."""
     code, out, err = run(capsys, "explain", *argv, "--json")
     assert code == 0, err
     return json.loads(out)
@@ -162,11 +173,28 @@ def test_a_single_method_shows_what_it_has(capsys, models, cases):
     assert "nearest bank prompts" not in out and "gate " not in out
 
 
+def _snapshot(*folders: Path) -> dict[Path, int]:
+    """Every path under `folders` with its modification time."""
+    return {p: p.stat().st_mtime_ns for folder in folders for p in folder.rglob("*")}
+
+
 @pytest.mark.slow
 def test_explain_writes_nothing(capsys, models, cases):
-    before = {p: p.stat().st_mtime_ns for p in [*models.rglob("*"), *cases.parent.rglob("*")]}
+    before = _snapshot(models, cases.parent)
     assert run(capsys, "explain", "--model", models, "--row", "lead", "--data", cases)[0] == 0
-    assert {p: p.stat().st_mtime_ns for p in [*models.rglob("*"), *cases.parent.rglob("*")]} == before
+    assert _snapshot(models, cases.parent) == before
+
+
+@pytest.mark.slow
+def test_explain_leaves_the_regressor_feature_cache_alone(capsys, models):
+    """Texts the regressor never saw would add a shard to its on-disk feature cache; explain encodes them in memory."""
+    root = models.parent  # the models and the feature cache the fixture's regressor was fitted with
+    assert list((root / "cache").rglob("*.safetensors"))  # fit wrote the cache there: it is the one in use
+    before = _snapshot(root)
+    texts = ["--original", "Tea at four, biscuits on the side.", "--rewritten", "Arr, tea at four bells, matey!"]
+    doc = _json(capsys, "--model", models, *texts)
+    assert doc["candidates"][2]["label"] == "regressor" and doc["candidates"][2]["prompt"]
+    assert _snapshot(root) == before
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -202,15 +230,48 @@ def test_missing_model_folder_and_bad_top_k(capsys, cases, tmp_path):
 
 
 def test_render_draws_a_view_without_a_gate_or_truth():
-    from promptrec.explain import Candidate, Explanation, Neighbour
-
     found = Explanation(id="r1", method="bank", mode=None, original_text="a", rewritten_text="b", evidence=None,
                         candidates=[Candidate("bank", "bank", "Make it a poem.", None, None)], gate=None,
                         neighbours={"bank": [Neighbour("Make it a poem.", 0.5)]}, final_prompt="Make it a poem.",
                         fallback=False, truth=None, final_score=None, embedder="toy")
-    console = Console(width=60, record=True, soft_wrap=True)
-    console.print(render(found))
-    lines = console.export_text().splitlines()
+    lines = _view(found)
     assert lines[0] == "case r1  method bank  cosines and scores [toy]"
     assert lines[5:7] == ["  member  method  agreement  prompt", "  bank    bank            -  Make it a poem."]
     assert lines[-1] == "final prompt Make it a poem." and "   1  0.5000  Make it a poem." in lines
+
+
+def test_an_ensemble_without_a_gate_shows_each_member_agreement_and_score(word_embedder):
+    prompts = {"pirate": "Make it a pirate tale.", "formal": "Make it formal.", "poem": "Make it a pirate poem."}
+    ensemble = from_name("ensemble", members=[f"{label}=constant" for label in prompts] + ["evidence"], mode="select",
+                         member_config={label: {"prompt": prompt} for label, prompt in prompts.items()})
+    ensemble.embedder = word_embedder  # axes pirate, formal, poem, short
+    found = explain(ensemble, Case("r1", "Bread daily.", PLAIN, truth="Write it as a pirate poem."))
+    assert [(c.label, c.method, c.prompt) for c in found.candidates] == [
+        ("pirate", "constant", prompts["pirate"]), ("formal", "constant", prompts["formal"]),
+        ("poem", "constant", prompts["poem"]), ("evidence", "evidence", None)]
+    # pirate . pirate-poem = 1/sqrt(2), formal is orthogonal to both; each answering member has two others
+    agreement = [c.agreement for c in found.candidates]
+    assert agreement[:3] == pytest.approx([0.5**0.5 / 2, 0.0, 0.5**0.5 / 2]) and agreement[3] is None
+    assert [c.truth_score for c in found.candidates][:3] == pytest.approx([0.5**1.5, 0.0, 1.0], abs=1e-6)
+    assert found.candidates[3].truth_score is None
+    # select: the candidate nearest the members' centroid (the abstaining evidence filled by `pirate`)
+    assert (found.mode, found.gate, found.neighbours, found.final_prompt) == ("select", None, {}, prompts["pirate"])
+    assert (found.fallback, found.final_score, found.embedder) == (False, pytest.approx(0.5**1.5), word_embedder.label)
+    lines = _view(found)
+    assert lines[0] == "case r1  method ensemble (select over pirate, formal, poem, evidence)  cosines and scores " \
+                       "[fixture (4 words)]"
+    assert "  formal    constant     0.0000     0.0000  Make it formal." in lines
+
+
+def test_a_method_that_abstains_gets_the_fallback_prompt(word_embedder):
+    evidence = from_name("evidence")
+    evidence.embedder = word_embedder
+    found = explain(evidence, Case("r2", "Bread daily.", PLAIN, truth="Make it short."))
+    assert [(c.label, c.prompt, c.agreement, c.truth_score) for c in found.candidates] == [
+        ("evidence", None, None, None)]
+    assert (found.final_prompt, found.fallback, found.gate, found.mode) == (FALLBACK_PROMPT, True, None, None)
+    assert found.final_score == pytest.approx(0.5**3)  # no known word: (1,1,1,1)/2 against the 'short' axis
+    lines = _view(found)
+    assert f"final prompt {FALLBACK_PROMPT} (fallback: the method abstained)" in lines
+    assert "  evidence  evidence          -          -  (abstained)" in lines
+    assert "score        0.1250 [fixture (4 words)]" in lines

@@ -1,6 +1,7 @@
 """`promptrec explain`: audit one case of a saved method: the evidence in the rewrite, what each member proposed and
 how far it agrees with the others, the gate's choice and features, the nearest bank prompts, and, given the truth,
-every candidate's score. `explain` returns it as data; `render` draws it with Rich; nothing is written to disk."""
+every candidate's score. `explain` returns it as data; `render` draws it with Rich; a method opened with
+`open_model` writes nothing to disk."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.rule import Rule
 from rich.text import Text
 
@@ -21,7 +22,8 @@ from promptrec.methods.bank import PromptBank
 from promptrec.methods.base import Composite, Method, load_method, never_blank
 from promptrec.methods.ensemble import EnsembleMethod
 from promptrec.methods.evidence import Evidence, find_evidence
-from promptrec.methods.gate import FEATURES, OWN_FEATURES, ROW_FEATURES
+from promptrec.methods.gate import FEATURES, OWN_FEATURES, ROW_FEATURES, member_agreement
+from promptrec.methods.regressor import RegressorMethod
 from promptrec.metric import Embedder, UsesEmbedder, load_embedder, score
 
 GIVEN_ID = "given"  # the id of a case given as --original/--rewritten texts
@@ -136,11 +138,29 @@ def read_case(data: Path | None = None, row: str | None = None, original: str | 
 
 
 def open_model(folder: str | Path) -> Method:
-    """The method saved in `folder`; one line naming it when it does not exist."""
+    """The method saved in `folder` (one line naming it when it does not exist), its regressors' on-disk feature
+    cache off: one row costs a single encoder call, where reading the whole cache costs more and adding to it writes."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such model folder")
-    return load_method(folder)
+    method = load_method(folder)
+    for part in _parts(method):
+        if isinstance(part, RegressorMethod):
+            part.config.feature_cache = False  # read when its cache is first built, on the first predict
+    return method
+
+
+def _parts(method: Method) -> Iterator[Method]:
+    """The method and, for a composite, every member at any depth."""
+    yield method
+    if isinstance(method, Composite):
+        for member in method.members.values():
+            yield from _parts(member)
+
+
+def _members(method: Method) -> dict[str, Method]:
+    """The members a case is explained over: a composite's by label, else the method itself under its name."""
+    return method.members if isinstance(method, Composite) else {method.name: method}
 
 
 def metric_embedder(method: Method) -> Embedder:
@@ -159,7 +179,7 @@ def explain(method: Method, case: Case, top_k: int = 5) -> Explanation:
         raise DataError(f"explain: --top-k must be at least 1, not {top_k}")
     pairs = case.pairs()
     embedder = metric_embedder(method)
-    members = method.members if isinstance(method, Composite) else {method.name: method}
+    members = _members(method)
     predictions = {label: list(member.predict(pairs)) for label, member in members.items()}
     raw = method.combine(pairs, predictions) if isinstance(method, Composite) else predictions[method.name]
     final = never_blank(raw)[0]
@@ -190,9 +210,8 @@ def _agreement(prompts: dict[str, str | None], embedder: Embedder) -> dict[str, 
     answered = [label for label, prompt in prompts.items() if prompt]
     if len(answered) < 2:
         return dict.fromkeys(prompts)
-    prompt_emb = embedder.encode([prompts[label] for label in answered])  # (a, d) unit rows
-    cosine = prompt_emb @ prompt_emb.T  # (a, a)
-    mean = (cosine.sum(axis=1) - np.diag(cosine)) / (len(answered) - 1)
+    prompt_emb = embedder.encode([prompts[label] for label in answered])[:, None, :]  # (a, 1, d) unit rows
+    mean = member_agreement(np.ones((len(answered), 1), dtype=bool), prompt_emb)[:, 0]  # (a,)
     found = {label: float(value) for label, value in zip(answered, mean)}
     return {label: found.get(label) for label in prompts}
 
@@ -235,10 +254,12 @@ def highlighted_rewrite(found: Explanation) -> Text:
 
 
 def _number(value: float | None, width: int = 9) -> str:
+    """`value` to 4 decimals right-aligned in `width` characters; '-' when there is none."""
     return f"{value:{width}.4f}" if value is not None else f"{'-':>{width}}"
 
 
 def _evidence_line(evidence: Evidence | None) -> Text:
+    """The evidence found: its kind, the phrase highlighted, where it stands and the core it yields."""
     if evidence is None:
         return Text.assemble(("evidence ", "bold"), "none found in the rewrite")
     cue = f", cue '{evidence.cue}'" if evidence.cue else ""
@@ -247,6 +268,7 @@ def _evidence_line(evidence: Evidence | None) -> Text:
 
 
 def _candidate_lines(found: Explanation) -> list[Text]:
+    """A header, then one line per member: the gate's pick marked '>', its numbers, its prompt last and whole."""
     chosen = found.gate.choice if found.gate else None
     width = max(len("member"), *(len(c.label) for c in found.candidates))
     method_width = max(len("method"), *(len(c.method) for c in found.candidates))
@@ -264,6 +286,7 @@ def _candidate_lines(found: Explanation) -> list[Text]:
 
 
 def _gate_lines(gate: GateView) -> list[Text]:
+    """The gate's choice and row features, then each member's own features and predicted score."""
     row = " · ".join(f"{name} {value:.4f}" for name, value in gate.row_features.items())
     lines = [Text.assemble(("gate ", "bold"), f"chose {gate.choice or '(every member abstained)'}; row: {row}")]
     width = max(map(len, gate.member_features))
@@ -277,7 +300,7 @@ def render(found: Explanation) -> Group:
     """The Rich view of an explanation."""
     members = ", ".join(c.label for c in found.candidates)
     how = f"{found.method} ({found.mode} over {members})" if found.mode else found.method
-    parts: list = [Text.assemble(("case ", "bold"), found.id, ("  method ", "bold"), how,
+    parts: list[RenderableType] = [Text.assemble(("case ", "bold"), found.id, ("  method ", "bold"), how,
                                  ("  cosines and scores ", "bold"), f"[{found.embedder}]"),
                    Rule("rewritten text"), highlighted_rewrite(found), _evidence_line(found.evidence),
                    Rule("candidates"), *_candidate_lines(found)]

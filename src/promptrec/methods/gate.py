@@ -27,6 +27,14 @@ def words(texts: list[str]) -> np.ndarray:
     return np.log1p(np.array([len(str(t).split()) for t in texts], dtype=np.float32))
 
 
+def member_agreement(answered: np.ndarray, prompt_emb: np.ndarray) -> np.ndarray:
+    """(m, n) mean cosine of each member's prompt (m, n, d) to the other answering members' prompts (0: none)."""
+    mask = answered.astype(np.float32)  # (m, n)
+    cosine = np.einsum("and,bnd->abn", prompt_emb, prompt_emb)  # (m, m, n) between members' prompts
+    others = mask[None, :, :] * (1 - np.eye(len(mask), dtype=np.float32))[:, :, None]  # (m, m, n): b answered, b != a
+    return (cosine * others).sum(axis=1) / np.maximum(others.sum(axis=1), 1)
+
+
 def gate_features(answered: np.ndarray, prompt_emb: np.ndarray, prompt_words: np.ndarray, change: np.ndarray,
                   rewrite_words: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
     """(members, n, F) features of each member's prompt on each row.
@@ -38,9 +46,7 @@ def gate_features(answered: np.ndarray, prompt_emb: np.ndarray, prompt_words: np
     """
     members, rows = answered.shape
     mask = answered.astype(np.float32)  # (m, n)
-    cosine = np.einsum("and,bnd->abn", prompt_emb, prompt_emb)  # (m, m, n) between members' prompts
-    others = mask[None, :, :] * (1 - np.eye(members, dtype=np.float32))[:, :, None]  # (m, m, n): b answered, b != a
-    agreement = (cosine * others).sum(axis=1) / np.maximum(others.sum(axis=1), 1)  # (m, n)
+    agreement = member_agreement(answered, prompt_emb)  # (m, n)
     ref = np.einsum("mnd,nd->mn", prompt_emb, reference) if reference is not None else np.zeros_like(mask)
     share = np.broadcast_to(mask.mean(axis=0), (members, rows))
     parts = [np.ones_like(mask), np.broadcast_to(change, (members, rows)), np.broadcast_to(rewrite_words, (members, rows)),
