@@ -139,7 +139,7 @@ def read_case(data: Path | None = None, row: str | None = None, original: str | 
 
 def open_model(folder: str | Path) -> Method:
     """The method saved in `folder` (one line naming it when it does not exist), its regressors' on-disk feature
-    cache off: one row costs a single encoder call, where reading the whole cache costs more and adding to it writes."""
+    cache off: one case's texts are encoded in memory, where reading the whole cache costs more and adding writes."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such model folder")
@@ -158,11 +158,6 @@ def _parts(method: Method) -> Iterator[Method]:
             yield from _parts(member)
 
 
-def _members(method: Method) -> dict[str, Method]:
-    """The members a case is explained over: a composite's by label, else the method itself under its name."""
-    return method.members if isinstance(method, Composite) else {method.name: method}
-
-
 def metric_embedder(method: Method) -> Embedder:
     """The method's own metric embedder (its `config.embedder`; proxy when it names none)."""
     if isinstance(method, UsesEmbedder):
@@ -179,7 +174,7 @@ def explain(method: Method, case: Case, top_k: int = 5) -> Explanation:
         raise DataError(f"explain: --top-k must be at least 1, not {top_k}")
     pairs = case.pairs()
     embedder = metric_embedder(method)
-    members = _members(method)
+    members = method.members if isinstance(method, Composite) else {method.name: method}
     predictions = {label: list(member.predict(pairs)) for label, member in members.items()}
     raw = method.combine(pairs, predictions) if isinstance(method, Composite) else predictions[method.name]
     final = never_blank(raw)[0]
