@@ -108,12 +108,11 @@ def _project(root: Path) -> dict:
         return tomllib.load(handle).get("project", {})
 
 
-def _pip(args: list[str], step: str) -> str:
+def _pip(args: list[str], step: str) -> None:
     """Run `python -m pip ARGS`; a failure becomes one line naming the step and pip's error."""
     result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
     if result.returncode:
         raise DataError(f"bundle: {step} failed: {pip_error_line(result.stderr) or f'pip exit {result.returncode}'}")
-    return result.stdout
 
 
 def pip_error_line(stderr: str) -> str:
