@@ -152,6 +152,8 @@ def test_a_bundle_replaces_an_empty_output_and_a_stale_partial(tmp_path, constan
     output.mkdir()  # an empty folder is taken; the finished bundle replaces it
     (tmp_path / "out.partial" / "wheels").mkdir(parents=True)
     (tmp_path / "out.partial" / "wheels" / "torch-0-py3-none-any.whl").write_bytes(b"stale")  # a killed run's
+    (constant_model / "train_state").mkdir()  # a finished run's checkpoint: for `train --from`, not for recover
+    (constant_model / "train_state" / "manifest.json").write_text("{}")
     manifest = build_bundle(constant_model, output, BundleConfig(deps=False))
     assert files(output) == ["README.md", "install.sh", "manifest.json", "models/method.json", f"wheels/{WHEEL}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out", "train.csv"]

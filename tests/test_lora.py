@@ -14,6 +14,7 @@ import pytest
 from conftest import kill_when, run_cli
 from typer.testing import CliRunner
 
+from promptrec import checkpoint
 from promptrec.clean import parse_generation
 from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, TRIPLE_COLUMNS, read_table
 from promptrec.llm import hf
@@ -316,7 +317,7 @@ def test_resumed_training_takes_exactly_the_steps_of_an_uninterrupted_one(tiny_l
 
     resumed.save(tmp_path / "run")
     assert not folder.exists()  # the saved run needs no checkpoint folder: its last checkpoint moved into the save
-    assert sorted(p.name for p in (tmp_path / "run" / lora.TRAIN_STATE).iterdir()) == ["checkpoint-000002",
+    assert sorted(p.name for p in (tmp_path / "run" / checkpoint.TRAIN_STATE).iterdir()) == ["checkpoint-000002",
                                                                                      "manifest.json"]
     assert json.loads((tmp_path / "run" / "method.json").read_text())["config"]["checkpoint_dir"] is None
 
@@ -389,12 +390,12 @@ def test_cli_trains_a_finished_fit_further_on_the_same_data_order(tiny_lm_dir, t
                                       val_fraction=0.0, select_fallback=False, eval_steps=1, checkpoint_steps=2)))
     train = lambda out, *extra: _cli(capsys, "--threads", "1", "train", "lora", data, "-o", tmp_path / out,
                                      "--config", config, *extra)
-    progress = lambda out: json.loads(next((tmp_path / out / lora.TRAIN_STATE).glob("checkpoint-*/state.json"))
+    progress = lambda out: json.loads(next((tmp_path / out / checkpoint.TRAIN_STATE).glob("checkpoint-*/state.json"))
                                       .read_text())["progress"]
     assert train("first", "--set", "max_steps=4")[0] == 0
     assert train("straight", "--set", "max_steps=8")[0] == 0
     assert train("more", "--from", tmp_path / "first", "--set", "max_steps=8")[0] == 0
-    assert f"lora: continuing from {tmp_path / 'first' / lora.TRAIN_STATE} at update 4 of 8" in messages()
+    assert f"lora: continuing from {tmp_path / 'first' / checkpoint.TRAIN_STATE} at update 4 of 8" in messages()
     history = json.loads((tmp_path / "more" / "history.json").read_text())
     assert [h["step"] for h in history] == list(range(1, 9))  # the first fit's 4 updates, then 4 more
     assert json.loads((tmp_path / "more" / "method.json").read_text())["config"]["max_steps"] == 8

@@ -24,6 +24,7 @@ from typing import Iterator
 
 from promptrec.data import DataError, writable_parent
 from promptrec.methods.base import config_from_dict, method_class, read_config, safe_child
+from promptrec.checkpoint import TRAIN_STATE
 from promptrec.models import NO_DEPS_PACKAGES, OFFICIAL_EMBEDDER, WEIGHT_PACKAGES
 
 log = logging.getLogger(__name__)
@@ -328,8 +329,9 @@ def _fill(folder: Path, model: Path, root: Path, needs: ModelNeeds, extras: list
     version = _wheel_entry(wheel)["version"]
     if config.deps:
         fetch_dependencies(wheel, extras, needs.offline, root / "constraints.txt", wheels, config)
-    # Checkpoints of an interrupted training (`*.partial`) are not part of the fitted model.
-    shutil.copytree(model, folder / "models", ignore=shutil.ignore_patterns("*.partial", "__pycache__"))
+    # Checkpoints of an interrupted training (`*.partial`) and of a finished one (kept to train further) are not
+    # part of what `recover` reads.
+    shutil.copytree(model, folder / "models", ignore=shutil.ignore_patterns("*.partial", TRAIN_STATE, "__pycache__"))
     manifest = _manifest(folder, version, needs, extras, config)
     (folder / "install.sh").write_text(_install_script(manifest["install"]), encoding="utf-8")
     (folder / "install.sh").chmod(0o755)

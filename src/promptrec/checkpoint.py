@@ -21,6 +21,7 @@ from typing import Any
 from promptrec.data import DataError, atomic_write, ensure_writable
 
 MANIFEST, STATE, TENSORS = "manifest.json", "state.json", "tensors.safetensors"
+TRAIN_STATE = "train_state"  # beside a fitted model: its run's last checkpoint, kept so `train --from` can train further
 _NUMBERED = re.compile(r"^checkpoint-(\d{6})$")
 
 

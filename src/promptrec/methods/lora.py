@@ -24,7 +24,6 @@ from promptrec.llm.templates import head_tail
 from promptrec.methods.base import FALLBACK_PROMPT, check_view, load_saved, never_blank, save_config, text_view
 
 ADAPTER_DIR, TOKENIZER_DIR, MERGED_DIR, HISTORY_FILE = "adapter", "tokenizer", "merged", "history.json"
-TRAIN_STATE = "train_state"  # the finished run's last checkpoint, kept so `train --from` can train further
 IGNORE = -100  # label value the causal-LM loss skips
 
 INSTRUCTION = (
@@ -150,9 +149,9 @@ class LoraMethod:
     def continue_from(self, folder: Path) -> None:
         """Let the next fit start from the training state saved with the lora method in `folder` (its adapter,
         optimizer, schedule position and data order) and train on up to the new max_steps / epochs."""
-        state = Path(folder) / TRAIN_STATE
+        state = Path(folder) / checkpoint.TRAIN_STATE
         if not checkpoint.has_checkpoint(state):
-            raise DataError(f"{folder}: no {TRAIN_STATE}/ to continue from (only `promptrec train` and `fit` with "
+            raise DataError(f"{folder}: no {checkpoint.TRAIN_STATE}/ to continue from (only `promptrec train` and `fit` with "
                             "checkpoint_steps > 0 keep it)")
         self.start_dir = state
 
@@ -233,7 +232,7 @@ class LoraMethod:
                     state={"fallback_prompt": self.fallback_prompt})
         used = self.checkpoint_folder()
         if used and used.is_dir():  # the run is saved: its last checkpoint stays with it, the folder goes
-            checkpoint.move(used, folder / TRAIN_STATE)
+            checkpoint.move(used, folder / checkpoint.TRAIN_STATE)
 
     @classmethod
     def load(cls, folder: Path) -> "LoraMethod":
