@@ -275,6 +275,15 @@ class _Crash(Exception):
     """Raised from the `on_update` hook to stop a fit at a chosen update, as a crash would."""
 
 
+def test_training_stops_at_the_first_of_max_steps_and_epochs(tiny_lm_dir, one_thread):
+    # ROWS: 3 updates of batch 2 per epoch; the defaults (1 epoch, 300 updates) stop at the epoch's end
+    for options, updates in (({"epochs": 1}, 3), ({"epochs": 2, "max_steps": 4}, 4), ({"epochs": 3, "max_steps": 0}, 9)):
+        method = lora.LoraMethod(_settings(tiny_lm_dir, eval_steps=1, checkpoint_steps=0, **options))
+        method.fit(ROWS)
+        assert [h["step"] for h in method.history] == list(range(1, updates + 1)), options
+    assert lora.LoraConfig().max_steps == 300 and lora.LoraConfig().epochs == 1
+
+
 def _crash_at(step: int):
     def on_update(updates: int, total: int) -> None:
         if updates == step:
@@ -345,7 +354,7 @@ def test_cli_training_killed_with_sigkill_resumes_from_its_checkpoint(tiny_lm_di
     data, out, total = tmp_path / "triples.csv", tmp_path / "model", 120
     ROWS.to_csv(data, index=False)
     options = dict(model=str(tiny_lm_dir), r=8, alpha=16, text_tokens=16, batch_size=2, lr=2e-2,
-                   warmup_ratio=0.1, dropout=0.1, max_steps=total, val_fraction=0.0, select_fallback=False,
+                   warmup_ratio=0.1, dropout=0.1, max_steps=total, epochs=total, val_fraction=0.0, select_fallback=False,
                    eval_steps=1, checkpoint_steps=10)
     config = tmp_path / "lora.json"
     config.write_text(json.dumps(options), encoding="utf-8")
@@ -387,7 +396,7 @@ def test_cli_trains_a_finished_fit_further_on_the_same_data_order(tiny_lm_dir, t
     data, config = tmp_path / "triples.csv", tmp_path / "lora.json"
     ROWS.to_csv(data, index=False)
     config.write_text(json.dumps(dict(model=str(tiny_lm_dir), r=8, alpha=16, text_tokens=16, batch_size=2, lr=2e-2,
-                                      val_fraction=0.0, select_fallback=False, eval_steps=1, checkpoint_steps=2)))
+                                      epochs=4, val_fraction=0.0, select_fallback=False, eval_steps=1, checkpoint_steps=2)))
     train = lambda out, *extra: _cli(capsys, "--threads", "1", "train", "lora", data, "-o", tmp_path / out,
                                      "--config", config, *extra)
     progress = lambda out: json.loads(next((tmp_path / out / checkpoint.TRAIN_STATE).glob("checkpoint-*/state.json"))

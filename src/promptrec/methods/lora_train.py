@@ -176,7 +176,7 @@ def train(method: "LoraMethod", train_rows: pd.DataFrame, held: pd.DataFrame) ->
                                          generator=torch.Generator().manual_seed(cfg.seed),
                                          collate_fn=lambda b: collate(b, tokenizer.pad_token_id))
     updates_per_epoch = math.ceil(len(loader) / max(1, accelerator.num_processes) / cfg.grad_accum)
-    total = cfg.max_steps or cfg.epochs * updates_per_epoch
+    total = min(cfg.max_steps or math.inf, cfg.epochs * updates_per_epoch)  # whichever limit comes first
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(params, cfg)
     schedule = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
@@ -223,7 +223,7 @@ def train(method: "LoraMethod", train_rows: pd.DataFrame, held: pd.DataFrame) ->
         model.train()
         return broadcast_object_list([stop])[0]
 
-    while not progress.stopped and progress.updates < total and (cfg.max_steps or progress.epoch < cfg.epochs):
+    while not progress.stopped and progress.updates < total and progress.epoch < cfg.epochs:
         order.epoch = progress.epoch
         model.train()
         batches = accelerator.skip_first_batches(loader, progress.batch) if progress.batch else loader
