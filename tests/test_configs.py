@@ -59,9 +59,9 @@ def test_every_config_file_parses_into_its_method_config(path):
 
 EXPECTED = {  # file -> fields whose shipped values the run below checks on the fitted method's config
     "regressor_original.yaml": dict(multiplier=42, max_length=384, lr=5e-6, epochs=10, batch_size=4, loss="cosine"),
-    "lora_original.yaml": dict(r=16, alpha=32, text_tokens=256, batch_size=8),
-    "lora_mistral-7b-instruct.yaml": dict(r=16, alpha=32, text_tokens=384, batch_size=4),
-    "lora_gemma-7b-it.yaml": dict(r=16, alpha=32, text_tokens=384, batch_size=4),
+    "lora_original.yaml": dict(r=16, alpha=32, text_tokens=256, batch_size=8, max_steps=0),
+    "lora_mistral-7b-instruct.yaml": dict(r=16, alpha=32, text_tokens=384, batch_size=4, max_steps=0),
+    "lora_gemma-7b-it.yaml": dict(r=16, alpha=32, text_tokens=384, batch_size=4, max_steps=0),
     "fewshot_original.yaml": dict(backend="hf"),
 }
 
