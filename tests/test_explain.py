@@ -226,6 +226,10 @@ def test_missing_model_folder_and_bad_top_k(capsys, cases, tmp_path):
     assert (code, err) == (2, f"error: {tmp_path}: not a saved method (no method.json)\n")
     with pytest.raises(DataError, match=r"^explain: --top-k must be at least 1, not 0$"):
         explain(None, read_case(cases, "lead"), top_k=0)
+    # refused before any model folder is read: the missing folder is not what it names
+    code, _, err = run(capsys, "explain", "--model", tmp_path / "nowhere", "--row", "lead", "--data", cases,
+                       "--top-k", "0")
+    assert (code, err) == (2, "error: explain: --top-k must be at least 1, not 0\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.csv"]
 
 

@@ -172,9 +172,10 @@ def explain(
 ) -> None:
     """Audit one case: the evidence in the rewrite, each member's prompt, the gate's choice, the nearest bank
     prompts and the final prompt (scored against the truth when known); writes nothing."""
-    from promptrec.explain import explain as run, open_model, read_case, render
+    from promptrec.explain import check_top_k, explain as run, open_model, read_case, render
 
-    case = read_case(data, row, original, rewritten, truth)  # first: bad input is named before models load
+    check_top_k(top_k)  # bad input is named before models load
+    case = read_case(data, row, original, rewritten, truth)
     found = run(open_model(model), case, top_k)
     if as_json:
         typer.echo(found.to_json())  # not through Rich: it would turn ":name:" in a text into an emoji

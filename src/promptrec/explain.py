@@ -165,13 +165,18 @@ def metric_embedder(method: Method) -> Embedder:
     return load_embedder(getattr(method.config, "embedder", "proxy"))
 
 
+def check_top_k(top_k: int) -> None:
+    """Refuse a `top_k` below 1 in one line (the CLI asks before it loads any model)."""
+    if top_k < 1:
+        raise DataError(f"explain: --top-k must be at least 1, not {top_k}")
+
+
 def explain(method: Method, case: Case, top_k: int = 5) -> Explanation:
     """Predict the case with `method` and collect why it chose its prompt (see `Explanation`).
 
     Example: `print(explain(open_model("models"), read_case(Path("test.csv"), "ex00")).final_prompt)`.
     """
-    if top_k < 1:
-        raise DataError(f"explain: --top-k must be at least 1, not {top_k}")
+    check_top_k(top_k)
     pairs = case.pairs()
     embedder = metric_embedder(method)
     members = method.members if isinstance(method, Composite) else {method.name: method}
