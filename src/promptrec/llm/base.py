@@ -56,8 +56,13 @@ BACKENDS: dict[str, str] = {
 
 
 def default_backend(model: str) -> str:
-    """The backend a model name implies: llama.cpp for GGUF files and the offline short names, else transformers."""
-    return "llamacpp" if model.endswith(".gguf") or model in OFFLINE_LLMS else "hf"
+    """The backend a model name implies: llama.cpp for GGUF files and the offline short names, else transformers;
+    transformers too, after one warning line, where the llama.cpp probe finds the installed build cannot run here."""
+    if model.endswith(".gguf") or model in OFFLINE_LLMS:
+        from promptrec.llm.probe import llamacpp_or_fallback
+
+        return llamacpp_or_fallback()
+    return "hf"
 
 
 def load_generator(model: str, backend: str | None = None, **options) -> Generator:

@@ -9,9 +9,10 @@ from typing import Sequence
 
 from promptrec.data import DataError
 from promptrec.llm.base import GenerationSettings, cut_at_stop
+from promptrec.llm.probe import require_llamacpp
 from promptrec.models import OFFLINE_LLMS, cache_dir, require, resolve_model, thread_count
 
-_INSTALL = "pip install llama-cpp-python==0.3.36"
+_INSTALL = "make setup (it builds llama-cpp-python for this CPU: src/promptrec/llm/native.py)"
 _QUANT_TYPES = {"q4_0": 2, "q8_0": 7}  # llama.cpp LLAMA_FTYPE_MOSTLY_* values
 
 
@@ -66,6 +67,7 @@ class LlamaCppGenerator:
         than the packaged SmolLM2's Q4_1; q4_0 loses a little precision, q8_0 next to none.
         """
         require("llama_cpp", _INSTALL)
+        require_llamacpp()  # a build that traps here stops in one line instead of killing the process
         import llama_cpp
 
         path = Path(resolve_model(model))
