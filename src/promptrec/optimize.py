@@ -13,7 +13,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from promptrec.data import DataError, atomic_write, held_out
+from promptrec.data import DataError, atomic_write
+from promptrec.splits import held_out
 from promptrec.vectors import Encode, most_typical
 
 # Scores a batch of candidate texts: higher is better, one float per text.

@@ -19,9 +19,10 @@ import pandas as pd
 
 from promptrec import checkpoint
 from promptrec.clean import parse_generation
-from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, held_out
+from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write
 from promptrec.llm.templates import head_tail
 from promptrec.methods.base import FALLBACK_PROMPT, check_view, load_saved, never_blank, save_config, text_view
+from promptrec.splits import held_out
 
 ADAPTER_DIR, TOKENIZER_DIR, MERGED_DIR, HISTORY_FILE = "adapter", "tokenizer", "merged", "history.json"
 IGNORE = -100  # label value the causal-LM loss skips
