@@ -93,14 +93,12 @@ class PromptBank:
 
     def save(self, folder: Path) -> None:
         """Write bank.json (prompts) and bank.safetensors (embeddings)."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
-        folder.mkdir(parents=True, exist_ok=True)
         with atomic_write(folder / BANK_TEXTS) as handle:
             json.dump(self.prompts, handle, ensure_ascii=False)
-        tmp = folder / f".{BANK_WEIGHTS}.tmp"
-        save_file({"embeddings": self.embeddings}, str(tmp))
-        tmp.replace(folder / BANK_WEIGHTS)
+        with atomic_write(folder / BANK_WEIGHTS, "wb") as handle:
+            handle.write(save({"embeddings": self.embeddings}))
 
     @classmethod
     def load(cls, folder: Path) -> "PromptBank":
