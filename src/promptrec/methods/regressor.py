@@ -15,7 +15,7 @@ from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write
 from promptrec.methods.bank import BANK_TEXTS, PromptBank, build_bank, check_dim
 from promptrec.methods.base import check_view, load_saved, safe_child, save_config, text_view
 from promptrec.metric import UsesEmbedder
-from promptrec.models import cache_dir, pick_device, resolve_model
+from promptrec.models import cache_dir, load_pretrained, pick_device, resolve_model
 from promptrec.vectors import direction, unit_rows
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class FrozenEncoder:
 
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(self.source)
-            self._model = AutoModel.from_pretrained(self.source).to(self.device).eval()
+            self._model = load_pretrained(AutoModel, self.source).to(self.device).eval()
         except OSError as err:
             raise DataError(f"cannot load encoder '{self.source}' ({str(err).splitlines()[0]})") from None
 
