@@ -19,7 +19,7 @@ from promptrec.methods.base import (
     parse_members, safe_child, save_config,
 )
 from promptrec.methods.gate import Gate, gate_features, pair_change, words
-from promptrec.metric import UsesEmbedder
+from promptrec.metric import UsesEmbedder, sharpen
 from promptrec.splits import group_folds, scored_rows, source_folds
 from promptrec.vectors import unit_rows
 
@@ -141,7 +141,7 @@ class EnsembleMethod(UsesEmbedder):
         reference = None if any(r is None for r in references) else np.concatenate(references)
         features, answered, prompt_emb = self.gate_inputs(pairs, predictions, reference)
         truth = self.embedder.encode(pairs[PROMPT].astype(str).tolist())  # (n, d)
-        scores = np.einsum("mnd,nd->mn", prompt_emb, truth) ** 3  # (members, n)
+        scores = sharpen(np.einsum("mnd,nd->mn", prompt_emb, truth))  # (members, n)
         for label, count in zip(self.members, answered.sum(axis=1)):
             if count == 0:  # e.g. evidence on rewrites without lead-ins or titles (the demo's generated rows)
                 log.warning("gate: member %s answered none of the %d out-of-fold rows; the gate cannot rate it and "
