@@ -10,8 +10,6 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-import pandas as pd
-
 from promptrec.data import ID, DataError, ensure_writable, iter_table, read_triples, write_submission_chunks
 from promptrec.methods.base import CONFIG_FILE, Continuable, Method, checkpoint_beside, config_from_dict, never_blank
 from promptrec.methods.ensemble import EnsembleConfig, EnsembleMethod
