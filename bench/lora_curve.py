@@ -2,7 +2,7 @@
 
 Each group of shared triple files is held out in turn (files sharing original texts together, as `promptrec cv
 --by source` does); lora trains on all rows of the other files and is scored [proxy] on a seeded sample of the
-held-out rows (`cv.scored_rows`, the rows `promptrec cv --limit N` scores). Each budget continues the previous
+held-out rows (`splits.scored_rows`, the rows `promptrec cv --limit N` scores). Each budget continues the previous
 one's saved fit (`continue_from`, what `promptrec train lora --from MODEL --set max_steps=N` does), so the curve
 costs the largest budget's updates, not their sum; every budget's learning-rate schedule is re-planned for its new
 total where the previous one stopped. Budgets run breadth-first (every fold at 100 before any at 300) and each
@@ -38,11 +38,11 @@ def main() -> None:
     args, _ = parser.parse_known_args()
     import yaml
 
-    from promptrec.cv import read_sources, scored_rows, source_folds
-    from promptrec.data import ORIGINAL, PROMPT, SOURCE
+    from promptrec.data import ORIGINAL, PROMPT, SOURCE, read_triples
     from promptrec.methods.lora import LoraConfig, LoraMethod
     from promptrec.metric import load_embedder, score
     from promptrec.models import quiet_libraries, set_threads
+    from promptrec.splits import scored_rows, source_folds
 
     quiet_libraries()
     set_threads(None)  # PROMPTREC_THREADS, else every core
@@ -51,7 +51,7 @@ def main() -> None:
         sys.exit(f"lora_curve: skipped, {SHARED} lacks {', '.join(missing)} (see ../shared/data/README.md)")
     budgets = [int(b) for b in args.budgets.split(",")]
     options = {"val_fraction": 0.0, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.settings)}}
-    data = read_sources([SHARED / name for name in FILES])
+    data = read_triples([SHARED / name for name in FILES])
     fold_of, names = source_folds(data[SOURCE].tolist(), data[ORIGINAL].tolist())
     wanted = [k for k, name in enumerate(names) if not args.folds or any(w in name for w in args.folds.split(","))]
     out = Path(args.output)

@@ -29,7 +29,8 @@ import pandas as pd
 from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, TRIPLE_COLUMNS, read_table
 from promptrec.llm.hf import infer_autocast
 from promptrec.methods import lora_train
-from promptrec.methods.lora import LoraConfig, LoraMethod, encode_example
+from promptrec.methods.lora import LoraConfig, LoraMethod
+from promptrec.methods.lora_template import encode_example
 from promptrec.models import quiet_libraries, set_threads
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -50,12 +50,13 @@ def main() -> None:
     """Precompute features, run every variant on every fold, print the table."""
     import pandas as pd
 
-    from promptrec.cv import CVSettings, make_folds, read_sources, scored_rows
-    from promptrec.data import PROMPT, SOURCE
+    from promptrec.cv import CVSettings, make_folds
+    from promptrec.data import PROMPT, SOURCE, read_triples
     from promptrec.methods.base import config_from_dict
     from promptrec.methods.regressor import RegressorConfig, RegressorMethod
     from promptrec.metric import load_embedder, score
     from promptrec.models import quiet_libraries, set_threads
+    from promptrec.splits import scored_rows
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", required=True, help="label={yaml options}; repeatable")
@@ -68,7 +69,7 @@ def main() -> None:
     set_threads()
     quiet_libraries()
 
-    table = read_sources([SHARED / f"{name}.csv" for name in FILES])
+    table = read_triples([SHARED / f"{name}.csv" for name in FILES])
     if args.per_source:
         table = per_source_sample(table, args.per_source, args.seed)
     folds = make_folds(table, CVSettings(by="source", seed=args.seed))

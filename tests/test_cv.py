@@ -13,11 +13,10 @@ import pytest
 from conftest import shared_file
 from hypothesis import given, settings, strategies as st
 
-from promptrec.cv import (
-    CVSettings, group_folds, make_folds, parse_specs, read_sources, run_cv, scored_rows, source_folds,
-)
-from promptrec.data import DataError, held_out
+from promptrec.cv import CVSettings, make_folds, parse_specs, run_cv
+from promptrec.data import DataError, read_triples
 from promptrec.methods.base import FALLBACK_PROMPT, METHODS, save_config
+from promptrec.splits import group_folds, held_out, scored_rows, source_folds
 
 SEEN: dict[str, list] = {"fits": [], "predicts": [], "checkpoints": []}
 
@@ -145,7 +144,7 @@ def test_source_folds_hold_out_every_file_once_and_never_leak(rows):
 def test_real_gemma_samplings_are_held_out_together():
     names = ["gemma_1100.csv", "gemma_rerun_994.csv", "dolly_gemini_500.csv", "gpt35_1080.csv", "llama3_456.csv",
              "gemma_wiki_2977.csv"]
-    table = read_sources([shared_file(name) for name in names])
+    table = read_triples([shared_file(name) for name in names])
     folds = make_folds(table, CVSettings(by="source"))
     assert folds.names == ["gemma_1100.csv + gemma_rerun_994.csv", "dolly_gemini_500.csv", "gpt35_1080.csv",
                            "llama3_456.csv", "gemma_wiki_2977.csv"]
@@ -174,7 +173,7 @@ def test_specs_and_sources_are_checked(tmp_path):
     (tmp_path / "sub").mkdir()
     two = _triples(tmp_path / "sub" / "a.csv", "b", 6, ["p"])
     with pytest.raises(DataError, match="given twice"):
-        read_sources([one, two])
+        read_triples([one, two])
 
 
 def test_run_cv_writes_the_report(tmp_path, word_embedder):

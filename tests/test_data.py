@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from promptrec.data import (
-    TRIPLE_COLUMNS, DataError, atomic_write, held_out, key_groups, read_table, read_texts, write_submission,
-    write_table,
+    TRIPLE_COLUMNS, DataError, atomic_write, read_table, read_texts, write_submission, write_table,
 )
+from promptrec.splits import held_out, key_groups
 
 BAD = Path(__file__).parent / "data" / "bad"
 

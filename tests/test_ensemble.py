@@ -13,9 +13,9 @@ import pytest
 
 from promptrec.data import DataError
 from promptrec.methods.base import (
-    METHODS, checkpoint_beside, config_from_dict, from_name, load_method, read_config, save_config,
+    METHODS, checkpoint_beside, config_from_dict, from_name, load_method, parse_members, read_config, save_config,
 )
-from promptrec.methods.ensemble import EnsembleMethod, candidate_subsets, join_prompts, parse_members
+from promptrec.methods.ensemble import EnsembleMethod, candidate_subsets, join_prompts
 from promptrec.pipeline import fit_ensemble
 
 
@@ -130,7 +130,7 @@ def test_member_specs_are_checked():
         parse_members(["nope"])
     with pytest.raises(DataError, match="label '../x'"):
         parse_members(["../x=constant"])
-    with pytest.raises(DataError, match="not a member label"):
+    with pytest.raises(DataError, match=r"^ensemble: options for 'other', which is not among the methods \(constant\)"):
         from_name("ensemble", members=["constant"], member_config={"other": {}})
     with pytest.raises(DataError, match="mode 'vote'"):
         from_name("ensemble", mode="vote")

@@ -19,7 +19,7 @@ from promptrec.clean import parse_generation
 from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, TRIPLE_COLUMNS, read_table
 from promptrec.llm import hf
 from promptrec.llm.templates import ELLIPSIS
-from promptrec.methods import lora, lora_train
+from promptrec.methods import lora, lora_template, lora_train
 from promptrec.methods.base import FALLBACK_PROMPT, from_name, load_config_file, load_method
 
 TRIPLES = pd.DataFrame({
@@ -37,7 +37,7 @@ def tiny_lm_dir(tmp_path_factory):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    text = " ".join([lora.INSTRUCTION, lora.PLAIN_SUFFIX, ELLIPSIS, *TRIPLES[ORIGINAL], *TRIPLES[PROMPT],
+    text = " ".join([lora_template.INSTRUCTION, lora_template.PLAIN_SUFFIX, ELLIPSIS, *TRIPLES[ORIGINAL], *TRIPLES[PROMPT],
                      *TRIPLES[REWRITTEN], "extra words for the budget"])
     words = sorted(set(text.split()))
     vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>", *words])}
@@ -81,9 +81,9 @@ def trained(tiny_lm_dir):
 def test_label_mask_covers_exactly_the_prompt_and_eos(tiny_lm_dir):
     tokenizer = hf.load_tokenizer(str(tiny_lm_dir))
     settings = _settings(tiny_lm_dir)
-    ids, labels = lora.encode_example(tokenizer, "the cat sat", "a cat sat", "make  it\nrhyme", settings)
+    ids, labels = lora_template.encode_example(tokenizer, "the cat sat", "a cat sat", "make  it\nrhyme", settings)
     prompt_ids = tokenizer("make it rhyme", add_special_tokens=False)["input_ids"]
-    context = lora.render_input(tokenizer, "the cat sat", "a cat sat", settings)
+    context = lora_template.render_input(tokenizer, "the cat sat", "a cat sat", settings)
     assert ids == context + prompt_ids + [tokenizer.eos_token_id]
     assert labels == [-100] * len(context) + prompt_ids + [tokenizer.eos_token_id]
     assert tokenizer.decode([t for t in labels if t != -100]) == "make it rhyme <eos>"
@@ -92,8 +92,8 @@ def test_label_mask_covers_exactly_the_prompt_and_eos(tiny_lm_dir):
 def test_truncate_keeps_head_and_tail(tiny_lm_dir):
     tokenizer = hf.load_tokenizer(str(tiny_lm_dir))
     text = "the cat sat on the mat all day"
-    assert lora.truncate(tokenizer, text, 4) == "the cat [...] all day"  # templates.head_tail's joiner
-    assert lora.truncate(tokenizer, text, 8) == text
+    assert lora_template.truncate(tokenizer, text, 4) == "the cat [...] all day"  # templates.head_tail's joiner
+    assert lora_template.truncate(tokenizer, text, 8) == text
 
 
 def test_clean_generation_strips_labels_and_quotes():
@@ -139,7 +139,7 @@ def test_prefix_cache_and_padding_layout_change_no_generation(tiny_lm_dir, monke
     method = lora.LoraMethod(_settings(tiny_lm_dir, epochs=1, infer_bf16=False))
     method.fit(TRIPLES)
     rows = pd.concat([TRIPLES, TRIPLES.assign(**{ORIGINAL: TRIPLES[ORIGINAL] + " extra words"})], ignore_index=True)
-    inputs = [lora.render_input(method.tokenizer, o, w, method.config) for o, w in zip(rows[ORIGINAL], rows[REWRITTEN])]
+    inputs = [lora_template.render_input(method.tokenizer, o, w, method.config) for o, w in zip(rows[ORIGINAL], rows[REWRITTEN])]
     assert hf.shared_prefix(inputs) > 10 and len({len(ids) for ids in inputs}) > 1  # padding sits after the prefix
     batched = method.generate_raw(rows)
     method.config.infer_batch_size = 1
@@ -164,10 +164,10 @@ def test_batch_loss_scores_only_from_the_first_label_on_and_equals_the_models_lo
 
     tokenizer, settings = hf.load_tokenizer(str(tiny_lm_dir)), _settings(tiny_lm_dir)
     model = hf.load_causal_lm(str(tiny_lm_dir))
-    rows = [lora.encode_example(tokenizer, o, w, p, settings)
+    rows = [lora_template.encode_example(tokenizer, o, w, p, settings)
             for o, w, p in zip(TRIPLES[ORIGINAL], TRIPLES[REWRITTEN], TRIPLES[PROMPT])]
     batch = lora_train.collate(rows, tokenizer.pad_token_id)
-    first_labels = [labels.index(next(x for x in labels if x != lora.IGNORE)) for _, labels in rows]
+    first_labels = [labels.index(next(x for x in labels if x != lora_template.IGNORE)) for _, labels in rows]
     assert len({len(ids) for ids, _ in rows}) == 2 and len(set(first_labels)) == 2  # right padding in one row
     widths = []
     model.lm_head.register_forward_hook(lambda module, args, out: widths.append(args[0].shape[1]))
@@ -259,8 +259,8 @@ def test_packaged_gemma3_base_trains_with_the_plain_template_and_round_trips(tmp
                                              val_fraction=0.0, select_fallback=False, max_new_tokens=6))
     method.fit(rows)
     assert not method.tokenizer.chat_template  # a base model: the instruction ends with PLAIN_SUFFIX
-    ids = lora.render_input(method.tokenizer, "a", "b", method.config)
-    assert method.tokenizer.decode(ids).endswith(lora.PLAIN_SUFFIX)
+    ids = lora_template.render_input(method.tokenizer, "a", "b", method.config)
+    assert method.tokenizer.decode(ids).endswith(lora_template.PLAIN_SUFFIX)
     assert {"q_proj", "down_proj"} <= set(method.model.peft_config["default"].target_modules)
     method.save(tmp_path)
     assert load_method(tmp_path).generate_raw(rows) == method.generate_raw(rows)

@@ -91,6 +91,22 @@ def test_features_are_masked_means_of_last_two_layers(tiny_bert):
     assert np.allclose(features[0], expected, atol=1e-5)
 
 
+def test_encoder_weights_load_from_safetensors_only(tiny_bert, tmp_path):
+    """A backbone whose weights are only a pickled pytorch_model.bin is refused in one line, never unpickled."""
+    import torch
+    from transformers import BertModel
+
+    pickled = tmp_path / "pickled"  # the same model and tokenizer, its weights as a pickle (transformers loads it)
+    pickled.mkdir()
+    for name in ("config.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny_bert / name).is_file():
+            (pickled / name).write_bytes((tiny_bert / name).read_bytes())
+    torch.save(BertModel.from_pretrained(tiny_bert).state_dict(), pickled / "pytorch_model.bin")
+    with pytest.raises(DataError, match=r"^cannot load encoder '.*pickled' \("):
+        FrozenEncoder(str(pickled), max_length=32).encode(["a pirate"])
+    assert FrozenEncoder(str(tiny_bert), max_length=32).encode(["a pirate"]).shape == (1, 64)
+
+
 def test_cache_encodes_each_text_once_and_reads_back_from_disk(tiny_bert, tmp_path):
     pairs = _pairs(6)
     cache = FeatureCache(FrozenEncoder(str(tiny_bert), 32), tmp_path)

@@ -8,6 +8,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+# ---- what a rewriter says about its instruction ------------------------------------------------------------
+# methods/evidence.py reads these (the phrase groups); the EVIDENCE_RULES below cut them for the "stripped" view.
+
+_GREETING = r"(?:sure|certainly|okay|ok|of course|absolutely|alright|great|no problem)"
+_HERE_IS = r"here(?:'s|’s| is| are)"
+# "Sure, here's the text rewritten as a gamer's guide:" (the phrase stops at the first : . ! or ?)
+LEAD_IN = re.compile(
+    rf"^[\s*#_>]*(?:{_GREETING}\b[^\n:]{{0,80}}?)?\b{_HERE_IS}\s+(?P<phrase>[^\n:.!?]*[^\s\n:.!?*])",
+    re.IGNORECASE,
+)
+HEADING = re.compile(  # matched against one whole line: "## X", "**X**" or "Title: X"
+    r"[ \t]*(?:#{1,6}[ \t]+(?P<hash>[^\n]+?)|\*\*(?P<bold>[^*\n]+?)\*\*[ \t]*:?|"
+    r"(?:title|subject|headline)[ \t]*:[ \t]*(?P<title>[^\n]+?))[ \t]*",
+    re.IGNORECASE,
+)
+# "I have rewritten the text in the style of a pirate." in the last paragraph
+CLOSING = re.compile(
+    r"(?:^|\n)[\s*]*(?:note:?[\s*]*)?(?:i have|i've|i)\s+(?P<verb>rewritten|converted|transformed|adapted|rephrased|"
+    r"revised|changed|modified|recast|reworded|translated|written)\s+(?:the (?:original |source |given )?"
+    r"(?:text|passage|paragraph|sentence)|it|this)?\s*(?P<phrase>[^\n.!?]*[^\s\n.!?*])",
+    re.IGNORECASE,
+)
+REFUSAL = re.compile(  # a refusal restating the task, at the start or after "..., therefore" as Gemma writes it
+    r"(?:^\W*|\b(?:therefore|thus|so),?\s+)(?:(?:i'm|i am) sorry,?\s*(?:but\s*)?|i apologize,?\s*(?:but\s*)?|"
+    r"unfortunately,?\s*)?(?:(?:i am|i'm)\s+(?:unable|not able)\s+to|i\s+(?:cannot|can't|can not|won't))\s+"
+    r"(?P<verb>[a-z]+)\s+(?P<phrase>[^\n.!?,;]*?[^\s\n.!?,;])"
+    r"(?=\s*(?:[.!?,;\n]|$|\s+(?:as|because|since|based on|due to|for the text|for this text|from the text|"
+    r"from the given|from the provided|with the (?:given|provided) (?:text|context|information))\b))",
+    re.IGNORECASE,
+)
+REFUSAL_WINDOW = 300  # a refusal restating the task is read in the first characters only
+
 # A refusal, once leading chatter and markup are gone: the whole row becomes empty.
 _REFUSAL_START = re.compile(
     r"^(?:I cannot|I can not|I can't|I am unable to|I'm unable to|I am not able to|I'm sorry|"
@@ -21,8 +53,7 @@ _REFUSAL_ANYWHERE = re.compile(
 _USER_PREFIX = re.compile(r"^(?:\s*user\s*\n|\s*\*\*\s*\n\s*\n)", re.IGNORECASE)
 # "Sure, here is the rewritten text:" / "Certainly! Here's ...:" / "**Sure, here's the response:**"
 _CHATTER = re.compile(
-    r"^\s*\**\s*(?:(?:sure|certainly|okay|ok|of course|absolutely)\b[,.!]?\s*)?"
-    r"(?:here(?:'s|’s| is| are)\b|(?:sure|certainly)\b)[^\n]{0,200}?:\s*\**\s*(?:\n|$)",
+    rf"^\s*\**\s*(?:{_GREETING}\b[,.!]?\s*)?(?:{_HERE_IS}\b|(?:sure|certainly)\b)[^\n]{{0,200}}?:\s*\**\s*(?:\n|$)",
     re.IGNORECASE,
 )
 _SUMMARY_HEADER = re.compile(r"^\s*summary of [^\n]{0,200}\n\s*\n", re.IGNORECASE)
@@ -34,7 +65,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _refusal(text: str) -> str | None:
-    return "" if _REFUSAL_START.match(text) or _REFUSAL_ANYWHERE.search(text) else None
+    refused = _REFUSAL_START.match(text) or _REFUSAL_ANYWHERE.search(text) or REFUSAL.search(text[:REFUSAL_WINDOW])
+    return "" if refused else None
 
 
 def _sub_once(pattern: re.Pattern[str], repl: str = "") -> Callable[[str], str | None]:

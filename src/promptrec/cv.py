@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +20,13 @@ import pandas as pd
 
 from promptrec import checkpoint
 from promptrec.data import (
-    ID, ORIGINAL, PROMPT, REWRITTEN, SOURCE, TRIPLE_COLUMNS, DataError, atomic_write, ensure_writable, key_groups,
-    read_table,
+    ID, ORIGINAL, PROMPT, REWRITTEN, SOURCE, TRIPLE_COLUMNS, DataError, atomic_write, ensure_writable, read_triples,
 )
-from promptrec.methods.base import Composite, Method, checkpoint_beside, config_from_dict, method_class, never_blank
-from promptrec.methods.ensemble import parse_members
+from promptrec.methods.base import (
+    Composite, Method, check_options, checkpoint_beside, config_from_dict, method_class, never_blank, parse_members,
+)
 from promptrec.report import FOLD, METHOD, PREDICTION, SCORE, write_report
+from promptrec.splits import group_folds, scored_rows, source_folds
 
 SCHEMES = ("text", "source")
 
@@ -83,10 +83,7 @@ class CVResult:
 def parse_specs(methods: list[str], options: dict[str, dict[str, Any]]) -> list[Spec]:
     """`["constant", "best=constant"]` plus options by label -> specs; options for an unknown label are an error."""
     pairs = parse_members(methods)
-    labels = {label for label, _ in pairs}
-    unknown = sorted(set(options) - labels)
-    if unknown:
-        raise DataError(f"options for '{unknown[0]}', which is not among the methods ({', '.join(sorted(labels))})")
+    check_options(options, pairs)
     specs = []
     for label, name in pairs:  # building each method once makes bad options fail now, not after hours of folds
         spec = Spec(label, name, dict(options.get(label, {})))
@@ -114,63 +111,6 @@ def model_key(method: Method) -> str:
     return json.dumps([method.name, dataclasses.asdict(method.config)], sort_keys=True, default=str)
 
 
-def read_sources(paths: list[str | Path]) -> pd.DataFrame:
-    """Concatenate triple files, adding a `source` column (the file name) to tell rewriters apart."""
-    names = [Path(p).name for p in paths]
-    duplicate = next((n for n in names if names.count(n) > 1), None)
-    if duplicate:
-        raise DataError(f"{duplicate}: given twice (file names label the per-source results)")
-    frames = [read_table(path, TRIPLE_COLUMNS).assign(**{SOURCE: name}) for path, name in zip(paths, names)]
-    return pd.concat(frames, ignore_index=True)
-
-
-def group_folds(originals: list[str], folds: int, seed: int) -> np.ndarray:
-    """Fold index per row; rows with the same original text (`data.group_key`) always share a fold.
-
-    Groups are shuffled with `seed`, then the largest go first, each to the currently smallest fold.
-    """
-    groups = key_groups(originals)
-    if folds < 2 or folds > len(groups):
-        raise DataError(f"--folds {folds}: need 2 to {len(groups)} (the number of distinct original texts)")
-    order = list(groups)
-    random.Random(seed).shuffle(order)
-    order.sort(key=lambda k: -len(groups[k]))  # stable: equal sizes keep the shuffled order
-    sizes = [0] * folds
-    fold_of = np.empty(len(originals), dtype=np.int64)
-    for key in order:
-        target = int(np.argmin(sizes))
-        fold_of[groups[key]] = target
-        sizes[target] += len(groups[key])
-    return fold_of
-
-
-def source_folds(sources: list[str], originals: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Fold index per row holding out one source at a time, and each fold's name ("a.csv + b.csv").
-
-    Files that share an original text (`data.group_key`, blanks aside) are linked, and each connected set of files
-    is one fold, so no text is on both sides; folds follow the files' input order.
-    """
-    files = list(dict.fromkeys(sources))
-    parent = {name: name for name in files}  # union-find over files
-
-    def root(name: str) -> str:
-        while parent[name] != name:
-            name = parent[name]
-        return name
-
-    for key, rows in key_groups(originals).items():
-        if key:  # a blank original is no shared text: it must not tie two files together
-            first = root(sources[rows[0]])
-            for row in rows[1:]:
-                parent[root(sources[row])] = first
-    roots = list(dict.fromkeys(root(name) for name in files))
-    names = [" + ".join(name for name in files if root(name) == r) for r in roots]
-    if len(roots) < 2:
-        raise DataError(f"--by source: needs two or more files that share no original text (got: {names[0]})")
-    fold_of_file = {name: roots.index(root(name)) for name in files}
-    return np.array([fold_of_file[name] for name in sources], dtype=np.int64), names
-
-
 def make_folds(data: pd.DataFrame, settings: CVSettings) -> Folds:
     """The folds `settings.by` asks for over `data` (triples with a source column)."""
     if settings.by == "text":
@@ -180,14 +120,6 @@ def make_folds(data: pd.DataFrame, settings: CVSettings) -> Folds:
         fold_of, names = source_folds(data[SOURCE].tolist(), data[ORIGINAL].tolist())
         return Folds(fold_of, names, "source")
     raise DataError(f"--by {settings.by}: expected one of {', '.join(SCHEMES)}")
-
-
-def scored_rows(fold_of: np.ndarray, fold: int, limit: int, seed: int) -> np.ndarray:
-    """Row indices of `fold` to predict: all of them, or a seeded subsample of `limit`."""
-    rows = np.flatnonzero(fold_of == fold)
-    if limit and len(rows) > limit:
-        rows = np.sort(np.random.default_rng([seed, fold]).choice(rows, size=limit, replace=False))
-    return rows
 
 
 def _digest(data: pd.DataFrame) -> str:
@@ -239,7 +171,7 @@ def run_cv(data: list[str | Path], methods: list[str], output: str | Path,
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise DataError(f"{output}: exists and is not a folder (the report is a folder)")
-    table = read_sources(data)  # bad input fails before the report folder is made
+    table = read_triples(data)  # bad input fails before the report folder is made
     folds = make_folds(table, settings)
     ensure_writable(output / "parts" / "report.md")
     embedder = load_embedder(embedder) if isinstance(embedder, str) else embedder

@@ -6,14 +6,13 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import os
-import random
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-import numpy as np
 import pandas as pd
 
 ID, ORIGINAL, REWRITTEN, PROMPT = "id", "original_text", "rewritten_text", "rewrite_prompt"
@@ -23,6 +22,8 @@ SOURCE = "source"  # the training file a row came from: rewriters differ, so fol
 SUBMISSION_COLUMNS = (ID, PROMPT)
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 MIN_FREE_BYTES = 16 * 2**20  # refuse to start a write with less free disk than this
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -215,6 +216,26 @@ def read_table(path: str | Path, columns: Sequence[str] = PAIR_COLUMNS) -> pd.Da
     return frame
 
 
+def read_triples(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
+    """The `id, original_text, rewrite_prompt, rewritten_text` rows of one file or several, concatenated, with a
+    `source` column naming each row's file: cv's per-source results and the ensemble gate's held-out files tell
+    rewriters apart by it, so two files of the same name are refused. Empty texts are logged as warnings."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise DataError("no training files given")
+    names = [Path(p).name for p in paths]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise DataError(f"{duplicate}: given twice (file names label the per-source results)")
+    frames = []
+    for path, name in zip(paths, names):
+        frame = read_table(path, TRIPLE_COLUMNS).assign(**{SOURCE: name})
+        for line in frame.attrs.get("warnings", []):
+            log.warning(line)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
 def read_texts(path: str | Path, column: str) -> list[str]:
     """Read one text column of a CSV/Parquet/JSONL table, a JSON list, or a .txt file (one per line)."""
     path = Path(path)
@@ -310,30 +331,3 @@ def write_submission_chunks(path: str | Path, chunks: Iterable[tuple[Sequence[st
             rows += len(ids)
     return rows
 
-
-def group_key(text: str) -> str:
-    """The key rows are grouped by in every leak-free split: the text without surrounding whitespace."""
-    return str(text).strip()
-
-
-def key_groups(keys: Sequence[str]) -> dict[str, list[int]]:
-    """Grouped-split units: `group_key` -> its row indices, keys in order of first appearance.
-
-    The one grouping behind cv's folds, lora's validation split and the optimiser's held-out prompts.
-    """
-    groups: dict[str, list[int]] = {}
-    for row, key in enumerate(keys):
-        groups.setdefault(group_key(key), []).append(row)
-    return groups
-
-
-def held_out(keys: Sequence[str], fraction: float, seed: int) -> np.ndarray:
-    """(n,) bool mask of the rows whose key is among a seeded `fraction` of the distinct keys: a key is never
-    on both sides (lora's validation split by original text, the optimiser's by prompt)."""
-    groups = key_groups(keys)
-    unique = sorted(groups)  # sorted first: the draw depends on the keys, not on row order
-    random.Random(seed).shuffle(unique)
-    mask = np.zeros(len(keys), dtype=bool)
-    for key in unique[: int(round(fraction * len(unique)))]:
-        mask[groups[key]] = True
-    return mask

@@ -17,12 +17,17 @@ from promptrec.models import OFFICIAL_EMBEDDER, OFFICIAL_LABEL, PROXY_LABEL, pro
 EXPONENT = 3
 
 
+def sharpen(cos: np.ndarray) -> np.ndarray:
+    """The metric's cos**3 of cosines of any shape, clipped to [-1, 1] first (rounding can pass 1); the odd power
+    keeps the sign. Every score in the package is taken through here."""
+    return np.clip(cos, -1.0, 1.0) ** EXPONENT
+
+
 def sharpened_cosine(pred_emb: np.ndarray, true_emb: np.ndarray) -> np.ndarray:
-    """Row-wise cos**3 of two (n, d) arrays; the odd power keeps the sign of the cosine."""
+    """Row-wise cos**3 of two (n, d) arrays (`sharpen` of their row-wise cosines)."""
     pred_emb, true_emb = np.atleast_2d(pred_emb), np.atleast_2d(true_emb)
     norms = np.linalg.norm(pred_emb, axis=1) * np.linalg.norm(true_emb, axis=1)
-    cos = np.einsum("nd,nd->n", pred_emb, true_emb) / np.maximum(norms, 1e-12)
-    return np.clip(cos, -1.0, 1.0) ** EXPONENT
+    return sharpen(np.einsum("nd,nd->n", pred_emb, true_emb) / np.maximum(norms, 1e-12))
 
 
 def _sentencepiece_of(model):

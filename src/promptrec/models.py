@@ -69,6 +69,17 @@ def resolve_model(name: str) -> str:
     return str(LOCAL_MODELS[name]()) if name in LOCAL_MODELS else name
 
 
+def load_pretrained(auto_class, source: str, **options):
+    """`auto_class.from_pretrained(source, **options)` with weights read from safetensors only, never a pickled
+    `.bin` (a GGUF file, `gguf_file=NAME`, is read as GGUF): the loader for transformers model weights.
+
+    Example: `load_pretrained(AutoModel, resolve_model("minilm"))`.
+    """
+    if "gguf_file" not in options:
+        options["use_safetensors"] = True
+    return auto_class.from_pretrained(source, **options)
+
+
 def cache_dir(chosen: str | Path = "") -> Path:
     """`chosen` (a config's `cache_dir`), else PROMPTREC_CACHE, else ~/.cache/promptrec (a blank means unset):
     where embeddings, encoder features and re-quantised GGUFs live."""

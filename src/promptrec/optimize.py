@@ -13,7 +13,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from promptrec.data import DataError, atomic_write, held_out
+from promptrec.data import DataError, atomic_write
+from promptrec.metric import sharpen
+from promptrec.splits import held_out
 from promptrec.vectors import Encode, most_typical
 
 # Scores a batch of candidate texts: higher is better, one float per text.
@@ -151,7 +153,7 @@ def mean_scs_objective(targets: Sequence[str], encode: Encode) -> Objective:
 
     def objective(texts: list[str]) -> np.ndarray:
         cand_emb = encode(texts)  # (m, d) unit rows
-        return np.clip(cand_emb @ target_emb.T, -1.0, 1.0) ** 3 @ weights  # (m,)
+        return sharpen(cand_emb @ target_emb.T) @ weights  # (m,)
 
     return objective
 

@@ -10,30 +10,12 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-import pandas as pd
-
-from promptrec.data import (
-    ID, SOURCE, TRIPLE_COLUMNS, DataError, ensure_writable, iter_table, read_table, write_submission_chunks,
-)
+from promptrec.data import ID, DataError, ensure_writable, iter_table, read_triples, write_submission_chunks
 from promptrec.methods.base import CONFIG_FILE, Continuable, Method, checkpoint_beside, config_from_dict, never_blank
-from promptrec.methods.ensemble import EnsembleConfig, EnsembleMethod, parse_members
+from promptrec.methods.ensemble import EnsembleConfig, EnsembleMethod
 
 log = logging.getLogger(__name__)
 Paths = str | Path | Sequence[str | Path]
-
-
-def read_triples(paths: Paths) -> pd.DataFrame:
-    """The `id, original_text, rewrite_prompt, rewritten_text` rows of one file or several, concatenated, with a
-    `source` column naming each row's file (the ensemble's gate holds files out to learn whom to trust)."""
-    frames = []
-    for path in [paths] if isinstance(paths, (str, Path)) else paths:
-        frame = read_table(path, TRIPLE_COLUMNS).assign(**{SOURCE: Path(path).name})
-        for line in frame.attrs.get("warnings", []):
-            log.warning(line)
-        frames.append(frame)
-    if not frames:
-        raise DataError("no training files given")
-    return pd.concat(frames, ignore_index=True)
 
 
 def train(method: Method, data: Paths, output: str | Path, start: str | Path | None = None) -> int:
@@ -69,13 +51,10 @@ def ensemble_config(members: list[str] | None = None, options: dict[str, dict[st
     if not members:
         for label, values in DEFAULT_OPTIONS.items():
             options[label] = {**values, **options.get(label, {})}
-    specs = members or DEFAULT_MEMBERS
-    labels = {label for label, _ in parse_members(specs)}
     own = options.pop(EnsembleMethod.name, {})
-    unknown = sorted(set(options) - labels)
-    if unknown:
-        raise DataError(f"options for '{unknown[0]}', which is not among the methods ({', '.join(sorted(labels))})")
-    return config_from_dict(EnsembleConfig, {**own, "members": list(specs), "member_config": options}, "ensemble")
+    # the config checks its members and that `options` names only them (`base.check_options`)
+    members = list(members or DEFAULT_MEMBERS)
+    return config_from_dict(EnsembleConfig, {**own, "members": members, "member_config": options}, "ensemble")
 
 
 def fit_ensemble(data: Paths, output: str | Path, members: list[str] | None = None,

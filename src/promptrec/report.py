@@ -1,25 +1,23 @@
-"""The cross-validation report: summary tables, report.md, oof.csv and PNG plots of a `cv.CVResult`."""
+"""The cross-validation report: summary tables, report.md, oof.csv and PNG plots of a `cv.CVResult`.
+
+`cv` calls this module, so it takes the result as it comes and imports nothing from `cv`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from promptrec.data import ID, ORIGINAL, SOURCE, atomic_write, write_table
 
-if TYPE_CHECKING:
-    from promptrec.cv import CVResult
-
 # Columns of the out-of-fold table (oof.csv) besides the triples' own.
 FOLD, METHOD, PREDICTION, SCORE = "fold", "method", "prediction", "score"
 LENGTH_BINS = [0, 5, 10, 20, 40, np.inf]  # true-prompt word counts for the score-by-length plot
 
 
-def summary(result: CVResult) -> pd.DataFrame:
+def summary(result) -> pd.DataFrame:
     """Per method: mean and std over folds of the fold means, pooled mean, rows, fit and predict seconds."""
     per_fold = result.oof.groupby([METHOD, FOLD], sort=False)[SCORE].mean().unstack(FOLD)
     times = result.timings.groupby(METHOD, sort=False)[["fit_seconds", "predict_seconds"]].sum()
@@ -39,7 +37,7 @@ def _markdown(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
-def write_report(result: CVResult) -> None:
+def write_report(result) -> None:
     """Write oof.csv, the plots and report.md (last) into the result's folder, each file atomically."""
     folder, label, table, folds, settings = result.folder, result.label, result.data, result.folds, result.settings
     write_table(folder / "oof.csv", result.oof)
@@ -100,7 +98,7 @@ def write_report(result: CVResult) -> None:
         handle.write("\n".join(lines))
 
 
-def write_plots(result: CVResult) -> list[tuple[str, str]]:
+def write_plots(result) -> list[tuple[str, str]]:
     """Score distribution per method, per-row scatter of the first two methods, score by prompt length (PNG)."""
     from promptrec.models import require
 

@@ -6,6 +6,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from promptrec.metric import sharpen
+
 Encode = Callable[[list[str]], np.ndarray]  # texts -> (n, d) unit rows
 
 
@@ -25,7 +27,7 @@ def top_k(similarity: np.ndarray, k: int) -> np.ndarray:
 
 def mean_scores(emb: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """(n,) mean sharpened cosine (cos**3) of each unit row against all rows, weighted by `weights` if given."""
-    scs = (emb @ emb.T) ** 3  # (n, n)
+    scs = sharpen(emb @ emb.T)  # (n, n)
     return scs.mean(axis=1) if weights is None else scs @ weights / weights.sum()
 
 

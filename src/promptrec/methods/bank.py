@@ -13,7 +13,7 @@ import pandas as pd
 from promptrec import vectors
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, read_texts
 from promptrec.methods.base import check_view, load_saved, safe_child, save_config, text_view
-from promptrec.metric import UsesEmbedder, load_embeddings, save_embeddings
+from promptrec.metric import UsesEmbedder, load_embeddings, save_embeddings, sharpen
 from promptrec.models import cache_dir
 
 BANK_TEXTS = "bank.json"
@@ -89,18 +89,16 @@ class PromptBank:
     def oracle(self, truth: np.ndarray) -> np.ndarray:
         """Per row, the best cos**3 any single bank prompt reaches against the true embedding."""
         _, cos = self.nearest(truth, 1)
-        return cos[:, 0] ** 3
+        return sharpen(cos[:, 0])
 
     def save(self, folder: Path) -> None:
         """Write bank.json (prompts) and bank.safetensors (embeddings)."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
-        folder.mkdir(parents=True, exist_ok=True)
         with atomic_write(folder / BANK_TEXTS) as handle:
             json.dump(self.prompts, handle, ensure_ascii=False)
-        tmp = folder / f".{BANK_WEIGHTS}.tmp"
-        save_file({"embeddings": self.embeddings}, str(tmp))
-        tmp.replace(folder / BANK_WEIGHTS)
+        with atomic_write(folder / BANK_WEIGHTS, "wb") as handle:
+            handle.write(save({"embeddings": self.embeddings}))
 
     @classmethod
     def load(cls, folder: Path) -> "PromptBank":

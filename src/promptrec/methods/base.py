@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
@@ -35,6 +36,8 @@ METHODS: dict[str, str] = {
     "evidence": "promptrec.methods.evidence:EvidenceMethod",
     "ensemble": "promptrec.methods.ensemble:EnsembleMethod",
 }
+
+_LABEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a member label is also a folder name
 
 C = TypeVar("C")
 M = TypeVar("M", bound="Method")
@@ -105,6 +108,35 @@ def method_class(name: str) -> type:
         raise DataError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
     module, cls = METHODS[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def parse_members(specs: list[str]) -> list[tuple[str, str]]:
+    """`["a", "b=constant"]` -> `[("a", "a"), ("b", "constant")]` (label, method name); labels must be unique."""
+    pairs = []
+    for spec in specs:
+        label, sep, name = str(spec).partition("=")
+        label, name = label.strip(), (name if sep else label).strip()
+        if not _LABEL.match(label):
+            raise DataError(f"method label '{label}': use letters, digits, '_', '-' or '.'")
+        if name not in METHODS:
+            raise DataError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
+        pairs.append((label, name))
+    labels = [label for label, _ in pairs]
+    duplicate = next((label for label in labels if labels.count(label) > 1), None)
+    if duplicate:
+        raise DataError(f"method label '{duplicate}' appears twice; write label=name to tell them apart")
+    if not pairs:
+        raise DataError("no methods given")
+    return pairs
+
+
+def check_options(options: dict[str, Any], pairs: list[tuple[str, str]], where: str = "") -> None:
+    """One-line error (prefixed by `where`) if `options`, keyed by label, names a label not among `pairs`
+    (`parse_members`): options for a method that is not there would silently do nothing."""
+    labels = sorted(label for label, _ in pairs)
+    unknown = sorted(set(options) - set(labels))
+    if unknown:
+        raise DataError(f"{where}options for '{unknown[0]}', which is not among the methods ({', '.join(labels)})")
 
 
 def from_name(name: str, **config: Any) -> Method:

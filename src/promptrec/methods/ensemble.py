@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,18 +15,18 @@ import pandas as pd
 
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, SOURCE, DataError
 from promptrec.methods.base import (
-    FALLBACK_PROMPT, METHODS, Method, PredictsEmbeddings, from_name, load_saved, method_class, never_blank, safe_child,
-    save_config,
+    FALLBACK_PROMPT, Method, PredictsEmbeddings, check_options, from_name, load_saved, method_class, never_blank,
+    parse_members, safe_child, save_config,
 )
 from promptrec.methods.gate import Gate, gate_features, pair_change, words
-from promptrec.metric import UsesEmbedder
+from promptrec.metric import UsesEmbedder, sharpen
+from promptrec.splits import group_folds, scored_rows, source_folds
 from promptrec.vectors import unit_rows
 
 log = logging.getLogger(__name__)
 
 MODES = ("concat", "select", "gate")
 REFERENCES = ("auto", "centroid")
-_LABEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 @dataclass
@@ -54,33 +53,11 @@ class EnsembleConfig:
             raise DataError(f"ensemble: mode '{self.mode}' (known: {', '.join(MODES)})")
         if self.reference not in REFERENCES:
             raise DataError(f"ensemble: reference '{self.reference}' (known: {', '.join(REFERENCES)})")
-        unknown = sorted(set(self.member_config) - {label for label, _ in self.specs()})
-        if unknown:
-            raise DataError(f"ensemble: member_config names '{unknown[0]}', which is not a member label")
+        check_options(self.member_config, self.specs(), "ensemble: ")
 
     def specs(self) -> list[tuple[str, str]]:
         """The members as (label, method name) pairs, in order."""
         return parse_members(self.members)
-
-
-def parse_members(specs: list[str]) -> list[tuple[str, str]]:
-    """`["a", "b=constant"]` -> `[("a", "a"), ("b", "constant")]` (label, method name); labels must be unique."""
-    pairs = []
-    for spec in specs:
-        label, sep, name = str(spec).partition("=")
-        label, name = label.strip(), (name if sep else label).strip()
-        if not _LABEL.match(label):
-            raise DataError(f"method label '{label}': use letters, digits, '_', '-' or '.'")
-        if name not in METHODS:
-            raise DataError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
-        pairs.append((label, name))
-    labels = [label for label, _ in pairs]
-    duplicate = next((label for label in labels if labels.count(label) > 1), None)
-    if duplicate:
-        raise DataError(f"method label '{duplicate}' appears twice; write label=name to tell them apart")
-    if not pairs:
-        raise DataError("no methods given")
-    return pairs
 
 
 def candidate_subsets(count: int, max_subset: int) -> list[tuple[int, ...]]:
@@ -144,8 +121,6 @@ class EnsembleMethod(UsesEmbedder):
     def fit_gate(self, triples: pd.DataFrame) -> Gate:
         """The gate, trained on members' out-of-fold predictions: fresh members fitted on inner folds (one per source
         when `triples` has a `source` column naming several, else grouped by original text) predict the rest."""
-        from promptrec.cv import group_folds, scored_rows, source_folds
-
         triples = triples.reset_index(drop=True)
         if SOURCE in triples and triples[SOURCE].nunique() > 1:
             fold_of, _ = source_folds(triples[SOURCE].tolist(), triples[ORIGINAL].tolist())
@@ -166,7 +141,7 @@ class EnsembleMethod(UsesEmbedder):
         reference = None if any(r is None for r in references) else np.concatenate(references)
         features, answered, prompt_emb = self.gate_inputs(pairs, predictions, reference)
         truth = self.embedder.encode(pairs[PROMPT].astype(str).tolist())  # (n, d)
-        scores = np.einsum("mnd,nd->mn", prompt_emb, truth) ** 3  # (members, n)
+        scores = sharpen(np.einsum("mnd,nd->mn", prompt_emb, truth))  # (members, n)
         for label, count in zip(self.members, answered.sum(axis=1)):
             if count == 0:  # e.g. evidence on rewrites without lead-ins or titles (the demo's generated rows)
                 log.warning("gate: member %s answered none of the %d out-of-fold rows; the gate cannot rate it and "

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from promptrec.clean import CLOSING, HEADING, LEAD_IN, REFUSAL, REFUSAL_WINDOW
 from promptrec.data import PROMPT, REWRITTEN, DataError, atomic_write
 from promptrec.methods.base import load_saved, safe_child, save_config
 from promptrec.metric import UsesEmbedder
@@ -55,32 +56,6 @@ _REFUSAL_GENERIC = set(
     "assistance help that this it request content information responses response a an the with any such "
     "your my these those text".split()
 )
-
-_LEAD_IN = re.compile(
-    r"^[\s*#_>]*(?:(?:sure|certainly|okay|ok|of course|absolutely|alright|great|no problem)\b[^\n:]{0,80}?)?"
-    r"\bhere(?:'s|’s| is| are)\s+(?P<phrase>[^\n:.!?]*[^\s\n:.!?*])",
-    re.IGNORECASE,
-)
-_HEADING = re.compile(  # matched against one whole line
-    r"[ \t]*(?:#{1,6}[ \t]+(?P<hash>[^\n]+?)|\*\*(?P<bold>[^*\n]+?)\*\*[ \t]*:?|"
-    r"(?:title|subject|headline)[ \t]*:[ \t]*(?P<title>[^\n]+?))[ \t]*",
-    re.IGNORECASE,
-)
-_CLOSING = re.compile(
-    r"(?:^|\n)[\s*]*(?:note:?[\s*]*)?(?:i have|i've|i)\s+(?P<verb>rewritten|converted|transformed|adapted|rephrased|"
-    r"revised|changed|modified|recast|reworded|translated|written)\s+(?:the (?:original |source |given )?"
-    r"(?:text|passage|paragraph|sentence)|it|this)?\s*(?P<phrase>[^\n.!?]*[^\s\n.!?*])",
-    re.IGNORECASE,
-)
-_REFUSAL = re.compile(  # at the start, or after "..., therefore" as Gemma writes it
-    r"(?:^\W*|\b(?:therefore|thus|so),?\s+)(?:(?:i'm|i am) sorry,?\s*(?:but\s*)?|i apologize,?\s*(?:but\s*)?|unfortunately,?\s*)?"
-    r"(?:(?:i am|i'm)\s+(?:unable|not able)\s+to|i\s+(?:cannot|can't|can not|won't))\s+"
-    r"(?P<verb>[a-z]+)\s+(?P<phrase>[^\n.!?,;]*?[^\s\n.!?,;])"
-    r"(?=\s*(?:[.!?,;\n]|$|\s+(?:as|because|since|based on|due to|for the text|for this text|from the text|"
-    r"from the given|from the provided|with the (?:given|provided) (?:text|context|information))\b))",
-    re.IGNORECASE,
-)
-
 
 @dataclass(frozen=True)
 class Evidence:
@@ -136,7 +111,7 @@ def instruction_clause(phrase: str, generic: set[str] = _GENERIC) -> str:
 
 def _lead_in(text: str) -> Evidence | None:
     """A "Sure, here's <phrase>:" opening whose phrase names more than "the text"."""
-    match = _LEAD_IN.match(text[:600])
+    match = LEAD_IN.match(text[:600])
     if match is None:
         return None
     core = instruction_clause(match["phrase"])
@@ -145,7 +120,7 @@ def _lead_in(text: str) -> Evidence | None:
 
 def _lead_in_end(text: str) -> int:
     """Where the text after a lead-in line starts (0 when there is no lead-in)."""
-    match = _LEAD_IN.match(text[:600])
+    match = LEAD_IN.match(text[:600])
     if match is None:
         return 0
     newline = text.find("\n", match.end())
@@ -155,7 +130,7 @@ def _lead_in_end(text: str) -> int:
 def _heading(text: str) -> Evidence | None:
     """A title on the first non-empty line (after any lead-in): `## X`, `**X**` or `Title: X`."""
     line = re.compile(r"[^\n]*\S[^\n]*").search(text, _lead_in_end(text))
-    match = _HEADING.fullmatch(text, *line.span()) if line else None
+    match = HEADING.fullmatch(text, *line.span()) if line else None
     if match is None:
         return None
     group = next(g for g in ("hash", "bold", "title") if match[g] is not None)
@@ -164,7 +139,7 @@ def _heading(text: str) -> Evidence | None:
     if inner is None:
         return None
     phrase = inner[0]
-    if "[" in phrase or phrase.endswith(",") or len(phrase.split()) > 15 or _LEAD_IN.match(phrase):
+    if "[" in phrase or phrase.endswith(",") or len(phrase.split()) > 15 or LEAD_IN.match(phrase):
         return None  # placeholders ("[Your Name]"), salutations ("Dear Sir,"), sentences, bold lead-ins
     return Evidence("heading", phrase, inner.span(), instruction_clause(phrase))
 
@@ -172,7 +147,7 @@ def _heading(text: str) -> Evidence | None:
 def _closing(text: str) -> Evidence | None:
     """A closing note in the last paragraph: "I have rewritten the text in the style of a pirate."."""
     tail_start = max(text.rstrip().rfind("\n"), 0)
-    match = _CLOSING.search(text, tail_start)
+    match = CLOSING.search(text, tail_start)
     if match is None:
         return None
     core = instruction_clause(match["phrase"])
@@ -181,7 +156,7 @@ def _closing(text: str) -> Evidence | None:
 
 def _refusal(text: str) -> Evidence | None:
     """A refusal restating the task: "I cannot provide a haiku based on ..." -> "a haiku"."""
-    match = _REFUSAL.search(text[:300])
+    match = REFUSAL.search(text[:REFUSAL_WINDOW])
     if match is None:
         return None
     words = [w.lower() for w in match["phrase"].split()]

@@ -2,8 +2,8 @@
 
 The model reads an instruction holding the original and the rewritten text (each cut to a token
 budget, head and tail kept) and learns to emit the prompt followed by EOS; the loss covers only the
-prompt tokens. This module holds the options, the template and the method (predict, save, load);
-`lora_train` the training loop; `llm.hf` the model loading and batched generation. The defaults train
+prompt tokens. This module holds the options and the method (predict, save, load); `lora_template` the
+template; `lora_train` the training loop; `llm.hf` the model loading and batched generation. The defaults train
 SmolLM2 offline; configs/lora_*.yaml switch to the original solution's models.
 """
 
@@ -19,19 +19,12 @@ import pandas as pd
 
 from promptrec import checkpoint
 from promptrec.clean import parse_generation
-from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, held_out
-from promptrec.llm.templates import head_tail
+from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write
 from promptrec.methods.base import FALLBACK_PROMPT, check_view, load_saved, never_blank, save_config, text_view
+from promptrec.methods.lora_template import render_input
+from promptrec.splits import held_out
 
 ADAPTER_DIR, TOKENIZER_DIR, MERGED_DIR, HISTORY_FILE = "adapter", "tokenizer", "merged", "history.json"
-IGNORE = -100  # label value the causal-LM loss skips
-
-INSTRUCTION = (
-    "An LLM was given a text and an instruction and rewrote the text.\n"
-    "Original text:\n{original}\n\nRewritten text:\n{rewritten}\n\n"
-    "Write the instruction it was given, in one line."
-)
-PLAIN_SUFFIX = "\nInstruction:\n"  # ends the instruction for tokenizers without a chat template
 
 
 @dataclass
@@ -92,37 +85,6 @@ class LoraConfig:
                 raise DataError(f"lora: {name} must be in [0, 1), not {getattr(self, name)}")
         if self.lr <= 0:
             raise DataError(f"lora: lr must be positive, not {self.lr}")
-
-
-# ---- the template ------------------------------------------------------------------------------------------
-
-
-def truncate(tokenizer, text: str, budget: int) -> str:
-    """`text` cut to `budget` tokens of `tokenizer`, head and tail kept (`templates.head_tail`)."""
-    return head_tail(text, budget, lambda t: tokenizer(t, add_special_tokens=False)["input_ids"], tokenizer.decode)
-
-
-def render_input(tokenizer, original: str, rewritten: str, config: LoraConfig) -> list[int]:
-    """Token ids of the instruction for one pair, ending where the prompt starts."""
-    text = INSTRUCTION.format(original=truncate(tokenizer, original, config.text_tokens),
-                              rewritten=truncate(tokenizer, rewritten, config.text_tokens))
-    if config.chat_template and tokenizer.chat_template:
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                 add_generation_prompt=True)
-        return tokenizer(rendered, add_special_tokens=False)["input_ids"]
-    return tokenizer(text + PLAIN_SUFFIX, add_special_tokens=True)["input_ids"]
-
-
-def encode_example(tokenizer, original: str, rewritten: str, prompt: str,
-                   config: LoraConfig) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of one training row: labels are -100 except on the prompt tokens and EOS."""
-    context = render_input(tokenizer, original, rewritten, config)
-    one_line = " ".join(prompt.split())
-    target = tokenizer(one_line, add_special_tokens=False)["input_ids"][: config.prompt_tokens] + [tokenizer.eos_token_id]
-    return context + target, [IGNORE] * len(context) + target
-
-
-# ---- the method --------------------------------------------------------------------------------------------
 
 
 class LoraMethod:

@@ -1,5 +1,7 @@
 """The training loop of method lora: accelerate (CPU, one GPU or several: `accelerate launch -m promptrec train
-lora ...`), evaluation with early stopping, and checkpoints from which a killed run continues exactly."""
+lora ...`), evaluation with early stopping, and checkpoints from which a killed run continues exactly.
+
+`method` below is the `lora.LoraMethod` being fitted; `lora` imports this module, never the other way round."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,11 +18,8 @@ import pandas as pd
 from promptrec import checkpoint
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN
 from promptrec.llm.hf import bf16_default, infer_autocast, load_causal_lm, load_tokenizer
-from promptrec.methods.lora import IGNORE, encode_example
+from promptrec.methods.lora_template import IGNORE, encode_example
 from promptrec.metric import text_digest
-
-if TYPE_CHECKING:
-    from promptrec.methods.lora import LoraMethod
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ def manifest(config, rows: pd.DataFrame, processes: int) -> dict[str, Any]:
     return {"data": data, "processes": processes, **options}
 
 
-def train(method: "LoraMethod", train_rows: pd.DataFrame, held: pd.DataFrame) -> None:
+def train(method, train_rows: pd.DataFrame, held: pd.DataFrame) -> None:
     """Train `method`'s adapter on `train_rows`, evaluating on `held` (may be empty); keep the best adapter.
 
     Sets method.model, .tokenizer and .history. With a checkpoint folder (`method.checkpoint_folder()`), a
@@ -270,7 +269,7 @@ def train(method: "LoraMethod", train_rows: pd.DataFrame, held: pd.DataFrame) ->
     accelerator.wait_for_everyone()
 
 
-def _restore(method: "LoraMethod", found, trainable, optimizer, schedule) -> tuple[Progress, dict[str, Any] | None]:
+def _restore(method, found, trainable, optimizer, schedule) -> tuple[Progress, dict[str, Any] | None]:
     """Put a checkpoint's weights, optimizer, schedule, RNG and history back; its progress and best adapter."""
     import torch
 
@@ -286,7 +285,7 @@ def _restore(method: "LoraMethod", found, trainable, optimizer, schedule) -> tup
     return Progress(**state["progress"]), best or None
 
 
-def _evaluate(method: "LoraMethod", accelerator, model, held_encoded, held: pd.DataFrame, when: str,
+def _evaluate(method, accelerator, model, held_encoded, held: pd.DataFrame, when: str,
               progress: Progress, autocast: bool) -> float | None:
     """Held-out loss and score, logged and added to method.history; the score (None without a held-out split)."""
     import torch

@@ -11,11 +11,11 @@ from typing import Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError
+from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write
 from promptrec.methods.bank import BANK_TEXTS, PromptBank, build_bank, check_dim
 from promptrec.methods.base import check_view, load_saved, safe_child, save_config, text_view
 from promptrec.metric import UsesEmbedder
-from promptrec.models import cache_dir, pick_device, resolve_model
+from promptrec.models import cache_dir, load_pretrained, pick_device, resolve_model
 from promptrec.vectors import direction, unit_rows
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class FrozenEncoder:
 
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(self.source)
-            self._model = AutoModel.from_pretrained(self.source).to(self.device).eval()
+            self._model = load_pretrained(AutoModel, self.source).to(self.device).eval()
         except OSError as err:
             raise DataError(f"cannot load encoder '{self.source}' ({str(err).splitlines()[0]})") from None
 
@@ -186,14 +186,12 @@ class FeatureCache:
             self.store.update(zip(map(bytes, keys), features))
 
     def _write_shard(self, keys: list[bytes], features: np.ndarray) -> None:
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
-        self.folder.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha256(b"".join(keys)).hexdigest()[:24]
-        tmp = self.folder / f".{name}.tmp"
         key_array = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 32)
-        save_file({"keys": key_array, "features": features}, str(tmp), metadata={"identity": self.identity})
-        tmp.replace(self.folder / f"{name}.safetensors")
+        with atomic_write(self.folder / f"{name}.safetensors", "wb") as handle:
+            handle.write(save({"keys": key_array, "features": features}, metadata={"identity": self.identity}))
 
     def cached(self, texts: list[str]) -> int:
         """How many distinct texts of `texts` already have features (in memory or from the shards on disk)."""
@@ -455,18 +453,17 @@ class RegressorMethod(UsesEmbedder):
 
     def save(self, folder: Path) -> None:
         """Write method.json, head.safetensors (weights + BatchNorm statistics) and the embedded bank."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         if self.head is None:
             raise DataError("regressor: nothing to save; fit it first")
         folder = Path(folder)
         save_config(folder, self.name, self.config)
         state = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
-        tmp = folder / f".{HEAD_WEIGHTS}.tmp"
-        save_file(state, str(tmp), metadata={"feature_dim": str(self.head[0].in_features),
-                                             "target_dim": str(self.head[3].out_features),
-                                             "encoder": self.cache.identity})
-        tmp.replace(folder / HEAD_WEIGHTS)
+        meta = {"feature_dim": str(self.head[0].in_features), "target_dim": str(self.head[3].out_features),
+                "encoder": self.cache.identity}
+        with atomic_write(folder / HEAD_WEIGHTS, "wb") as handle:
+            handle.write(save(state, metadata=meta))
         self.bank.save(folder)
 
     @classmethod
