@@ -283,13 +283,26 @@ def _check_options(root: Path, config: BundleConfig) -> None:
 
 
 def _check_output(output: Path, model: Path) -> None:
-    """One-line errors before any work: a non-empty output, an output inside the model, a parent that cannot be
-    created or written (created here: the last check), or a full disk."""
+    """One-line errors before any work: a non-empty output, an output inside the model, a build folder
+    (`OUTPUT.partial`, deleted when stale) that is or holds the model, a parent that cannot be created or written
+    (created here: the last check), or a full disk."""
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise DataError(f"{output}: already exists and is not empty; choose a new folder")
     if output.resolve().is_relative_to(model.resolve()):
         raise DataError(f"{output}: is inside the model folder {model}")
+    # Members are saved inside the model folder (safe_child), so a build folder clear of the model is clear of them.
+    partial = _partial(output)
+    if model.resolve().is_relative_to(partial.resolve()):
+        how = "is" if model.resolve() == partial.resolve() else "holds"
+        raise DataError(f"{output}: its build folder {partial} {how} the model folder {model}; choose another output")
+    if partial.resolve().is_relative_to(model.resolve()):  # `output` a link out of the model, its parent inside
+        raise DataError(f"{output}: its build folder {partial} is inside the model folder {model}")
     writable_parent(output)
+
+
+def _partial(output: Path) -> Path:
+    """The folder the bundle is built in, renamed to `output` at the end."""
+    return output.with_name(f"{output.name}.partial")
 
 
 def build_bundle(model: str | Path, output: str | Path, config: BundleConfig | None = None) -> dict:
@@ -307,7 +320,7 @@ def build_bundle(model: str | Path, output: str | Path, config: BundleConfig | N
     _check_output(output, model)  # last: it creates the output's parent folder
     for name in needs.elsewhere:
         log.warning("bundle: the model uses %s, which no bundle carries; the offline machine must hold it", name)
-    partial = output.with_name(f"{output.name}.partial")
+    partial = _partial(output)
     shutil.rmtree(partial, ignore_errors=True)  # left by a killed run: nothing in it is reused
     try:
         manifest = _fill(partial, model, root, needs, sorted(set(needs.extras) | set(config.extras)), config)
