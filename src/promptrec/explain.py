@@ -96,7 +96,7 @@ class Explanation:
     gate: GateView | None
     neighbours: dict[str, list[Neighbour]]  # member label -> its nearest bank prompts, best first
     final_prompt: str  # what `recover` writes for the case
-    fallback: bool  # the method abstained, so `final_prompt` is the fallback prompt
+    fallback: bool  # the method (every member of an ensemble) abstained: `final_prompt` came from the fallback
     truth: str | None
     final_score: float | None
     embedder: str
@@ -191,11 +191,14 @@ def explain(method: Method, case: Case, top_k: int = 5) -> Explanation:
     candidates = [Candidate(label, member.name, prompts[label], agreement[label], truth_of.get(prompts[label]))
                   for label, member in members.items()]
     gated = isinstance(method, EnsembleMethod) and method.gate is not None
+    # concat and select fill a row where every member abstained with the fallback prompt themselves; gate leaves
+    # it blank for never_blank: either way the final prompt came from the fallback.
+    fallback = not _answer(raw[0]) or not any(prompts.values())
     return Explanation(
         id=case.id, method=method.name, mode=method.config.mode if isinstance(method, EnsembleMethod) else None,
         original_text=case.original, rewritten_text=case.rewritten, evidence=find_evidence(case.rewritten),
         candidates=candidates, gate=_gate_view(method, pairs, predictions) if gated else None,
-        neighbours=_neighbours(members, pairs, top_k), final_prompt=final, fallback=not _answer(raw[0]),
+        neighbours=_neighbours(members, pairs, top_k), final_prompt=final, fallback=fallback,
         truth=case.truth, final_score=truth_of[final], embedder=embedder.label,
     )
 
