@@ -16,11 +16,10 @@ import pandas as pd
 
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, SOURCE, DataError
 from promptrec.methods.base import (
-    FALLBACK_PROMPT, METHODS, Method, PredictsEmbeddings, from_name, load_saved, method_class, never_blank, safe_child,
-    save_config,
+    FALLBACK_PROMPT, METHODS, Method, PredictsEmbeddings, UsesEmbedder, from_name, load_saved, method_class,
+    never_blank, safe_child, save_config,
 )
 from promptrec.methods.gate import Gate, gate_features, pair_change, words
-from promptrec.metric import UsesEmbedder
 from promptrec.vectors import unit_rows
 
 log = logging.getLogger(__name__)
@@ -33,6 +32,7 @@ _LABEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 @dataclass
 class EnsembleConfig:
     """Options of the ensemble method."""
+    model_fields = ("embedder",)  # NamesModels: the fields naming a model, which bundle carries
 
     members: list[str] = field(default_factory=lambda: ["constant"])  # "name" or "label=name"; labels let a method appear twice
     member_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # options per member label
