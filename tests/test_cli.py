@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 from conftest import EXAMPLES, shared_file
 from conftest import run_cli as run
 from promptrec.cli import app
+from promptrec.generate import GenerateConfig
+from promptrec.optimize import OptimizeConfig
 
 BAD = sorted(p for p in (Path(__file__).parent / "data" / "bad").iterdir() if not p.name.startswith("ok_"))
 VERBS = ["clean", "embed", "score", "recover", "explain", "train", "methods", "bench", "cv", "optimize-prompt", "fit",
@@ -25,6 +28,23 @@ def test_verbs_and_help(capsys):
     listed = {m.group(1): m.group(2) for m in re.finditer(r"^│ ([a-z][a-z-]*) +(\S.*?)\s*│$", commands, re.M)}
     assert code == 0 and set(listed) == set(VERBS)
     assert listed["train"].startswith("Train ONE method") and listed["fit"].startswith("Train EVERY member")
+
+
+@pytest.mark.parametrize("verb, config, skipped", [
+    ("generate", GenerateConfig, {"backend", "backend_options"}),  # backend: None (implied); backend_options: --set
+    ("optimize-prompt", OptimizeConfig, {"max_words"}),  # no option
+])
+def test_option_defaults_are_the_config_dataclass_defaults(capsys, monkeypatch, verb, config, skipped):
+    monkeypatch.setenv("COLUMNS", "300")  # one line per option, so each default sits beside its option
+    code, out, _ = run(capsys, verb, "--help")
+    assert code == 0
+    shown = {m.group(1): m.group(2) for m in re.finditer(  # option -> its default as shown (None: none shown)
+        r"^│[ *]+(--[a-z-]+)\b.*?(?:\[default: ([^\]]*)\])?\s*│$", out, re.M)}
+    fields = {f.name: f.default for f in dataclasses.fields(config) if f.name not in skipped}
+    assert fields and all(f"--{name.replace('_', '-')}" in shown for name in fields)
+    assert {name: shown[f"--{name.replace('_', '-')}"] for name in fields} == {
+        name: str(value) for name, value in fields.items()}
+    assert shown["--backend" if verb == "generate" else "--start"] is None  # None: no default shown
 
 
 def test_fit_logs_each_member_on_stderr_and_warns_in_one_line(capsys, tmp_path):
