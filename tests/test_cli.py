@@ -62,26 +62,32 @@ def test_fit_logs_each_member_on_stderr_and_warns_in_one_line(capsys, tmp_path):
 @pytest.mark.parametrize("verb", ["recover", "explain", "score", "clean", "train", "embed", "cv", "fit",
                                   "optimize-prompt", "generate", "regressor-report"])
 def test_every_reading_verb_fails_in_one_line_and_writes_nothing(capsys, tmp_path, verb, bad):
-    out_file = tmp_path / "out.csv"
+    work = tmp_path / verb  # this verb's own folder: what it leaves there is all it wrote
+    work.mkdir()
+    out_file = work / "out.csv"
     argv = {
         "recover": ["recover", bad, "-o", out_file],
-        "explain": ["explain", "--model", tmp_path / "model", "--row", "1", "--data", bad],
+        "explain": ["explain", "--model", work / "saved", "--row", "1", "--data", bad],
         "score": ["score", bad, EXAMPLES / "test.csv"],
         "clean": ["clean", bad, out_file],
-        "train": ["train", "constant", bad, "-o", tmp_path / "model"],
-        "embed": ["embed", bad, "-o", tmp_path / "e.npy"],
-        "cv": ["cv", bad, "-m", "constant", "-o", tmp_path / "report"],
-        "fit": ["fit", bad, "-m", "constant", "-o", tmp_path / "model"],
+        "train": ["train", "constant", bad, "-o", work / "trained"],
+        "embed": ["embed", bad, "-o", work / "e.npy"],
+        "cv": ["cv", bad, "-m", "constant", "-o", work / "report"],
+        "fit": ["fit", bad, "-m", "constant", "-o", work / "fitted"],
         "optimize-prompt": ["optimize-prompt", bad, "-o", out_file],
         "generate": ["generate", "--texts", bad, "--prompts", EXAMPLES / "prompts.txt", "-o", out_file],
-        "regressor-report": ["regressor-report", tmp_path, bad],
+        "regressor-report": ["regressor-report", work, bad],
     }[verb]
-    code, _, err = run(capsys, *argv)
-    assert code == 2
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (2, "")
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(bad) in lines[0].replace("\n", "")
     assert "Traceback" not in err
-    assert list(tmp_path.iterdir()) == [] or [p.name for p in tmp_path.iterdir()] == ["model"]
+    # train and fit check that their output folder is writable (creating it) before they read the data: that empty
+    # folder is all they leave; every other verb leaves nothing.
+    left = {"train": ["trained"], "fit": ["fitted"]}.get(verb, [])
+    assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [verb]
 
 
 def test_recover_never_blank_same_ids_same_order(capsys, tmp_path):
