@@ -109,7 +109,7 @@ class Composite(Protocol):
 class UsesEmbedder(Protocol):
     """A method whose `config.embedder` names its metric embedder: `embedder`, loaded on first use unless set (tests
     and benchmarks set a toy or shared one: anything with `encode`, `dim` and `label`). Methods subclass it to
-    inherit that lazy `embedder`."""
+    inherit that lazy `embedder`; before Python 3.12 `isinstance` reads (so loads) it: check where it is wanted."""
 
     config: Any
 
