@@ -125,6 +125,40 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(capsys, tmp_path, consta
     assert sorted(tmp_path.rglob("*")) == folders  # no folder made either
 
 
+@pytest.mark.parametrize("where", ["is", "contains", "member", "link"])
+def test_an_output_whose_build_folder_overlaps_the_model_is_refused(capsys, tmp_path, constant_model, where):
+    """The bundle is built in OUTPUT.partial, which a stale run's cleanup deletes: it must never be the model (or
+    hold it), else `bundle` deletes the user's model and copies its own wheels as `models/`."""
+    output = tmp_path / "bundle"
+    partial = tmp_path / "bundle.partial"
+    if where == "is":
+        model = constant_model.rename(partial)
+        expected = f"{output}: its build folder {partial} is the model folder {model}; choose another output"
+    elif where == "contains":
+        partial.mkdir()
+        model = constant_model.rename(partial / "model")
+        expected = f"{output}: its build folder {partial} holds the model folder {model}; choose another output"
+    elif where == "link":  # an empty output linked from inside the model: its build folder would be in the model
+        model = constant_model
+        (tmp_path / "elsewhere").mkdir()
+        output, partial = model / "out", model / "out.partial"
+        output.symlink_to(tmp_path / "elsewhere")
+        expected = f"{output}: its build folder {partial} is inside the model folder {model}"
+    else:  # the build folder inside an ensemble member's folder
+        model = tmp_path / "ensemble"
+        save_config(model, "ensemble", from_name("ensemble", members=["constant"]).config)
+        constant_model.rename(model / "constant")
+        output, partial = model / "constant" / "x", model / "constant" / "x.partial"
+        expected = f"{output}: is inside the model folder {model}"
+    before, folders = files(tmp_path), sorted(tmp_path.rglob("*"))
+    code, out, err = run(capsys, "bundle", "-o", output, "--model", model, "--no-deps")
+    assert (code, out, err) == (2, "", f"error: {expected}\n")
+    assert files(tmp_path) == before and sorted(tmp_path.rglob("*")) == folders  # the model is untouched
+    with pytest.raises(DataError, match=f"^{expected.replace('(', '[(]').replace(')', '[)]')}$"):
+        build_bundle(model, output, BundleConfig(deps=False))
+    assert files(tmp_path) == before
+
+
 def test_a_failure_midway_leaves_nothing(monkeypatch, tmp_path, constant_model):
     import promptrec.bundle as bundle
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 from conftest import EXAMPLES, shared_file
 from conftest import run_cli as run
 from promptrec.cli import app
+from promptrec.generate import GenerateConfig
+from promptrec.optimize import OptimizeConfig
 
 BAD = sorted(p for p in (Path(__file__).parent / "data" / "bad").iterdir() if not p.name.startswith("ok_"))
 VERBS = ["clean", "embed", "score", "recover", "explain", "train", "methods", "bench", "cv", "optimize-prompt", "fit",
@@ -25,6 +28,23 @@ def test_verbs_and_help(capsys):
     listed = {m.group(1): m.group(2) for m in re.finditer(r"^│ ([a-z][a-z-]*) +(\S.*?)\s*│$", commands, re.M)}
     assert code == 0 and set(listed) == set(VERBS)
     assert listed["train"].startswith("Train ONE method") and listed["fit"].startswith("Train EVERY member")
+
+
+@pytest.mark.parametrize("verb, config, skipped", [
+    ("generate", GenerateConfig, {"backend", "backend_options"}),  # backend: None (implied); backend_options: --set
+    ("optimize-prompt", OptimizeConfig, {"max_words"}),  # no option
+])
+def test_option_defaults_are_the_config_dataclass_defaults(capsys, monkeypatch, verb, config, skipped):
+    monkeypatch.setenv("COLUMNS", "300")  # one line per option, so each default sits beside its option
+    code, out, _ = run(capsys, verb, "--help")
+    assert code == 0
+    shown = {m.group(1): m.group(2) for m in re.finditer(  # option -> its default as shown (None: none shown)
+        r"^│[ *]+(--[a-z-]+)\b.*?(?:\[default: ([^\]]*)\])?\s*│$", out, re.M)}
+    fields = {f.name: f.default for f in dataclasses.fields(config) if f.name not in skipped}
+    assert fields and all(f"--{name.replace('_', '-')}" in shown for name in fields)
+    assert {name: shown[f"--{name.replace('_', '-')}"] for name in fields} == {
+        name: str(value) for name, value in fields.items()}
+    assert shown["--backend" if verb == "generate" else "--start"] is None  # None: no default shown
 
 
 def test_fit_logs_each_member_on_stderr_and_warns_in_one_line(capsys, tmp_path):
@@ -42,26 +62,32 @@ def test_fit_logs_each_member_on_stderr_and_warns_in_one_line(capsys, tmp_path):
 @pytest.mark.parametrize("verb", ["recover", "explain", "score", "clean", "train", "embed", "cv", "fit",
                                   "optimize-prompt", "generate", "regressor-report"])
 def test_every_reading_verb_fails_in_one_line_and_writes_nothing(capsys, tmp_path, verb, bad):
-    out_file = tmp_path / "out.csv"
+    work = tmp_path / verb  # this verb's own folder: what it leaves there is all it wrote
+    work.mkdir()
+    out_file = work / "out.csv"
     argv = {
         "recover": ["recover", bad, "-o", out_file],
-        "explain": ["explain", "--model", tmp_path / "model", "--row", "1", "--data", bad],
+        "explain": ["explain", "--model", work / "saved", "--row", "1", "--data", bad],
         "score": ["score", bad, EXAMPLES / "test.csv"],
         "clean": ["clean", bad, out_file],
-        "train": ["train", "constant", bad, "-o", tmp_path / "model"],
-        "embed": ["embed", bad, "-o", tmp_path / "e.npy"],
-        "cv": ["cv", bad, "-m", "constant", "-o", tmp_path / "report"],
-        "fit": ["fit", bad, "-m", "constant", "-o", tmp_path / "model"],
+        "train": ["train", "constant", bad, "-o", work / "trained"],
+        "embed": ["embed", bad, "-o", work / "e.npy"],
+        "cv": ["cv", bad, "-m", "constant", "-o", work / "report"],
+        "fit": ["fit", bad, "-m", "constant", "-o", work / "fitted"],
         "optimize-prompt": ["optimize-prompt", bad, "-o", out_file],
         "generate": ["generate", "--texts", bad, "--prompts", EXAMPLES / "prompts.txt", "-o", out_file],
-        "regressor-report": ["regressor-report", tmp_path, bad],
+        "regressor-report": ["regressor-report", work, bad],
     }[verb]
-    code, _, err = run(capsys, *argv)
-    assert code == 2
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (2, "")
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(bad) in lines[0].replace("\n", "")
     assert "Traceback" not in err
-    assert list(tmp_path.iterdir()) == [] or [p.name for p in tmp_path.iterdir()] == ["model"]
+    # train and fit check that their output folder is writable (creating it) before they read the data: that empty
+    # folder is all they leave; every other verb leaves nothing.
+    left = {"train": ["trained"], "fit": ["fitted"]}.get(verb, [])
+    assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [verb]
 
 
 def test_recover_never_blank_same_ids_same_order(capsys, tmp_path):

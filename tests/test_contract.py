@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from promptrec.data import DataError
-from promptrec.methods.base import (METHODS, Method, PredictsEmbeddings, from_name, load_method, method_class,
-                                    text_view)
+from promptrec.methods.base import (
+    METHODS, CachesFeatures, Composite, CompositeConfig, Gated, Method, NamesModels, NeedsExtra, PredictsEmbeddings,
+    SearchesBank, UsesEmbedder, from_name, load_method, method_class, text_view,
+)
 
 _ROWS = [
     ("Rewrite this text as a pirate would say it.", "The meeting was moved to Thursday.", "Arr, the meeting be Thursday."),
@@ -80,6 +83,49 @@ def test_a_folder_saved_by_another_method_is_refused_in_one_line(name, tmp_path)
     message = str(error.value)
     assert "\n" not in message and message.startswith(str(tmp_path / other))
     assert f"'{other}'" in message and f"'{name}'" in message, message
+
+
+def test_uses_embedder_loads_the_configured_embedder_once_unless_one_is_set(monkeypatch):
+    import promptrec.metric as metric
+
+    loaded = []
+    monkeypatch.setattr(metric, "load_embedder", lambda spec: loaded.append(spec) or SimpleNamespace(label=spec))
+    method = from_name("constant", embedder="proxy")
+    assert isinstance(method, UsesEmbedder)
+    assert method.embedder is method.embedder and method.embedder.label == "proxy" and loaded == ["proxy"]
+    other, toy = from_name("constant"), SimpleNamespace(label="toy")
+    other.embedder = toy
+    assert other.embedder is toy and loaded == ["proxy"]
+
+
+# What each method declares, read through the capability protocols of methods/base.py (no attribute probing).
+CAPABILITIES = {  # name -> (model fields, extra, searches a bank, predicts embeddings, composite, caches features)
+    "constant": (("embedder",), None, False, False, False, False),
+    "bank": (("embedder",), None, True, False, False, False),
+    "regressor": (("backbone", "embedder"), None, True, True, False, True),
+    "lora": (("model", "embedder"), "llm", False, False, False, False),
+    "fewshot": (("model", "embedder"), "llm", False, False, False, False),
+    "evidence": (("embedder",), None, False, False, False, False),
+    "ensemble": (("embedder",), None, False, False, True, False),
+}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_each_method_declares_its_capabilities(name, monkeypatch):
+    import promptrec.metric as metric
+
+    monkeypatch.setattr(metric, "load_embedder", lambda spec: SimpleNamespace(label=spec))  # no model loads here
+    method = from_name(name)
+    config = method.config
+    fields = {f.name for f in dataclasses.fields(config)}
+    assert isinstance(config, NamesModels) and set(config.model_fields) <= fields
+    assert "model_fields" not in dataclasses.asdict(config) and "extra" not in dataclasses.asdict(config)
+    extra = config.extra if isinstance(config, NeedsExtra) else None
+    found = (config.model_fields, extra, isinstance(method, SearchesBank), isinstance(method, PredictsEmbeddings),
+             isinstance(method, Composite), isinstance(config, CachesFeatures))
+    assert found == CAPABILITIES[name]
+    assert isinstance(method, UsesEmbedder) and method.embedder.label == config.embedder  # every method's metric
+    assert isinstance(config, CompositeConfig) == isinstance(method, Gated) == (name == "ensemble")
 
 
 _LEAD_IN = "Sure, here's the text rewritten as a pirate's tale:\n\n"

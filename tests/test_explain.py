@@ -19,6 +19,7 @@ from promptrec.explain import (
     render,
 )
 from promptrec.methods.base import FALLBACK_PROMPT, from_name, load_method, never_blank
+from promptrec.methods.gate import FEATURES, Gate
 from promptrec.metric import load_embedder, score
 from promptrec.pipeline import fit_ensemble
 
@@ -279,3 +280,23 @@ def test_a_method_that_abstains_gets_the_fallback_prompt(word_embedder):
     assert f"final prompt {FALLBACK_PROMPT} (fallback: the method abstained)" in lines
     assert "  evidence  evidence          -          -  (abstained)" in lines
     assert "score        0.1250 [fixture (4 words)]" in lines
+
+
+@pytest.mark.parametrize("mode", ["concat", "select", "gate"])
+def test_an_ensemble_whose_members_all_abstain_reports_the_fallback(word_embedder, mode):
+    """Every member abstains on a rewrite without evidence: the final prompt is the fallback, in every mode."""
+    ensemble = from_name("ensemble", members=["a=evidence", "b=evidence"], mode=mode)
+    ensemble.embedder = word_embedder
+    if mode == "gate":  # a gate over the two members (F = 1 + 3 + 4 + 2 features); it picks nobody here
+        ensemble.gate = Gate(["a", "b"], np.ones((2, len(FEATURES) + 2), dtype=np.float32))
+    found = explain(ensemble, Case("r3", "Bread daily.", PLAIN))
+    assert [c.prompt for c in found.candidates] == [None, None]
+    assert (found.mode, found.final_prompt, found.fallback) == (mode, FALLBACK_PROMPT, True)
+    assert f"final prompt {FALLBACK_PROMPT} (fallback: the method abstained)" in _view(found)
+    # one member answering is no fallback, whatever the mode
+    answering = from_name("ensemble", members=["a=evidence", "b=constant"], mode=mode,
+                          member_config={"b": {"prompt": "Make it a pirate tale."}})
+    answering.embedder = word_embedder
+    answering.gate = ensemble.gate
+    found = explain(answering, Case("r3", "Bread daily.", PLAIN))
+    assert (found.final_prompt, found.fallback) == ("Make it a pirate tale.", False)

@@ -127,17 +127,6 @@ def test_proxy_embedder_is_labelled_and_scores_identity_as_one():
     assert ids.count(embedder.model.tokenizer.sep_token_id) == 1
 
 
-def test_uses_embedder_loads_the_configured_embedder_once_unless_one_is_set(monkeypatch):
-    loaded = []
-    monkeypatch.setattr(metric, "load_embedder", lambda spec: loaded.append(spec) or metric.Embedder(CountingModel(), spec))
-    method = type("Method", (metric.UsesEmbedder,), {"config": type("Config", (), {"embedder": "proxy"})()})()
-    assert method.embedder is method.embedder and method.embedder.label == "proxy" and loaded == ["proxy"]
-    other = type(method)()
-    toy = metric.Embedder(CountingModel(), "toy")
-    other.embedder = toy
-    assert other.embedder is toy and loaded == ["proxy"]
-
-
 def test_encode_remembers_texts_and_evicts_the_oldest_first():
     calls = []
 

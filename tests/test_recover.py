@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from promptrec.data import DataError
 from promptrec.methods.constant import ConstantConfig, ConstantMethod
 from promptrec.pipeline import recover
 
@@ -38,7 +41,8 @@ def test_bad_row_late_in_the_file_leaves_no_output(tmp_path):
     src = tmp_path / "pairs.csv"
     src.write_text("id,original_text,rewritten_text\n" + "".join(f"r{i},a,b\n" for i in range(9)) + "r0,a,b\n")
     out = tmp_path / "sub.csv"
-    with pytest.raises(Exception, match="duplicate id 'r0'"):
+    message = f"{src}, row 10, column 'id': duplicate id 'r0' (first at row 1)"
+    with pytest.raises(DataError, match=f"^{re.escape(message)}$"):
         recover(src, out, ConstantMethod(ConstantConfig(prompt="p")), chunk_rows=3)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["pairs.csv"]
 

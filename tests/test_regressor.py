@@ -205,10 +205,18 @@ def test_training_lowers_the_loss_on_a_learnable_target(loss):
 
 
 def test_training_is_reproducible_with_the_seed():
+    """The same seed gives the same head and losses; another seed another head, so the seed is really used."""
     rng = np.random.default_rng(1)
     features, targets = rng.normal(size=(40, 8)).astype(np.float32), rng.normal(size=(40, 4)).astype(np.float32)
     config = RegressorConfig(multiplier=2, epochs=3, batch_size=8)
-    assert train_head(features, targets, config)[1] == train_head(features, targets, config)[1]
+    (head, losses), (again, losses_again) = (train_head(features, targets, config) for _ in range(2))
+    other, other_losses = train_head(features, targets, dataclasses.replace(config, seed=config.seed + 1))
+    weights, weights_again, other_weights = ({k: v.numpy() for k, v in h.state_dict().items()}
+                                             for h in (head, again, other))
+    assert list(weights) == list(other_weights) and losses == losses_again and losses != other_losses
+    for name, value in weights.items():
+        np.testing.assert_array_equal(value, weights_again[name])
+    assert not np.array_equal(weights["0.weight"], other_weights["0.weight"])  # the initialisation follows the seed
 
 
 # --- method, save/load, bad input ---------------------------------------------------------------------

@@ -8,6 +8,7 @@ at the end, so a failure leaves nothing half-written.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -20,22 +21,20 @@ import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from promptrec.data import DataError, writable_parent
-from promptrec.methods.base import config_from_dict, method_class, read_config, safe_child
+from promptrec.methods.base import (
+    CompositeConfig, NamesModels, NeedsExtra, config_from_dict, method_class, read_config, safe_child,
+)
 from promptrec.checkpoint import TRAIN_STATE
 from promptrec.llm import native
 from promptrec.models import NO_DEPS_PACKAGES, OFFICIAL_EMBEDDER, WEIGHT_PACKAGES
 
 log = logging.getLogger(__name__)
 
-# Config fields that name a model: an offline short name (models.WEIGHT_PACKAGES), a hub id or a path.
-MODEL_FIELDS = ("embedder", "backbone", "model")
 # `embedder: proxy` is the packaged MiniLM (metric.load_embedder); `official` comes from the hub.
 EMBEDDER_NAMES = {"proxy": "minilm"}
-# Methods whose code needs an optional extra: LoRA needs peft, few-shot needs llama.cpp (both in `llm`).
-METHOD_EXTRAS = {"lora": "llm", "fewshot": "llm"}
 MANIFEST = "manifest.json"
 
 
@@ -65,22 +64,26 @@ class ModelNeeds:
     extras: list[str]  # promptrec extras the methods need
 
 
-def saved_methods(folder: Path) -> Iterator[tuple[str, dict]]:
+def saved_methods(folder: Path) -> Iterator[tuple[str, Any]]:
     """(method name, config) of the method saved in `folder` and, for a composite, of each member."""
-    name, config = read_config(folder)
+    name, values = read_config(folder)
+    config = config_from_dict(method_class(name).Config, values, str(folder))
     yield name, config
-    specs = getattr(config_from_dict(method_class(name).Config, config, str(folder)), "specs", None)
-    for label, _ in specs() if callable(specs) else []:
+    for label, _ in config.specs() if isinstance(config, CompositeConfig) else []:
         yield from saved_methods(safe_child(folder, label))
 
 
 def model_needs(folder: str | Path) -> ModelNeeds:
-    """Walk the saved configs in `folder` for the offline weights, extras and outside models the model uses."""
-    methods, offline, elsewhere = set(), set(), set()
+    """Walk the saved configs in `folder` for the offline weights, extras and outside models the model uses: each
+    method's config declares the fields naming a model (NamesModels) and the extra it needs (NeedsExtra)."""
+    methods, offline, elsewhere, extras = set(), set(), set(), set()
     for name, config in saved_methods(Path(folder)):
         methods.add(name)
-        for key in MODEL_FIELDS:
-            value = config.get(key)
+        if isinstance(config, NeedsExtra):
+            extras.add(config.extra)
+        fields = dataclasses.asdict(config)
+        for key in config.model_fields if isinstance(config, NamesModels) else ():
+            value = fields[key]
             if not isinstance(value, str) or not value:
                 continue
             short = EMBEDDER_NAMES.get(value, value) if key == "embedder" else value
@@ -88,7 +91,6 @@ def model_needs(folder: str | Path) -> ModelNeeds:
                 offline.add(short)
             else:  # a hub id or a path (relative to where `recover` runs): the machine must hold it
                 elsewhere.add(OFFICIAL_EMBEDDER if key == "embedder" and value == "official" else value)
-    extras = {METHOD_EXTRAS[name] for name in methods if name in METHOD_EXTRAS}
     return ModelNeeds(sorted(methods), sorted(offline), sorted(elsewhere), sorted(extras))
 
 
@@ -310,13 +312,26 @@ def _check_options(root: Path, config: BundleConfig) -> None:
 
 
 def _check_output(output: Path, model: Path) -> None:
-    """One-line errors before any work: a non-empty output, an output inside the model, a parent that cannot be
-    created or written (created here: the last check), or a full disk."""
+    """One-line errors before any work: a non-empty output, an output inside the model, a build folder
+    (`OUTPUT.partial`, deleted when stale) that is or holds the model, a parent that cannot be created or written
+    (created here: the last check), or a full disk."""
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise DataError(f"{output}: already exists and is not empty; choose a new folder")
     if output.resolve().is_relative_to(model.resolve()):
         raise DataError(f"{output}: is inside the model folder {model}")
+    # Members are saved inside the model folder (safe_child), so a build folder clear of the model is clear of them.
+    partial = _partial(output)
+    if model.resolve().is_relative_to(partial.resolve()):
+        how = "is" if model.resolve() == partial.resolve() else "holds"
+        raise DataError(f"{output}: its build folder {partial} {how} the model folder {model}; choose another output")
+    if partial.resolve().is_relative_to(model.resolve()):  # `output` a link out of the model, its parent inside
+        raise DataError(f"{output}: its build folder {partial} is inside the model folder {model}")
     writable_parent(output)
+
+
+def _partial(output: Path) -> Path:
+    """The folder the bundle is built in, renamed to `output` at the end."""
+    return output.with_name(f"{output.name}.partial")
 
 
 def build_bundle(model: str | Path, output: str | Path, config: BundleConfig | None = None) -> dict:
@@ -334,7 +349,7 @@ def build_bundle(model: str | Path, output: str | Path, config: BundleConfig | N
     _check_output(output, model)  # last: it creates the output's parent folder
     for name in needs.elsewhere:
         log.warning("bundle: the model uses %s, which no bundle carries; the offline machine must hold it", name)
-    partial = output.with_name(f"{output.name}.partial")
+    partial = _partial(output)
     shutil.rmtree(partial, ignore_errors=True)  # left by a killed run: nothing in it is reused
     try:
         manifest = _fill(partial, model, root, needs, sorted(set(needs.extras) | set(config.extras)), config)

@@ -14,6 +14,8 @@ from rich.markup import escape
 from rich.text import Text
 
 from promptrec.data import DataError
+from promptrec.generate import GenerateConfig
+from promptrec.optimize import OptimizeConfig
 
 app = typer.Typer(
     help="LLM prompt recovery: recover the rewrite prompt from an original and a rewritten text.",
@@ -33,6 +35,8 @@ def say(text: str) -> None:
 Embed = Annotated[str, typer.Option("--embedder", "-e", help="official (sentence-t5-base), proxy (packaged MiniLM) or a folder")]
 ConfigFile = Annotated[Optional[Path], typer.Option(help="YAML/JSON file of method options")]
 MethodSet = Annotated[list[str], typer.Option("--set", help="method option key=value (repeatable)")]
+# The defaults of `generate` and `optimize-prompt` are their config dataclasses' own: each lives in one place.
+GENERATE, OPTIMIZE = GenerateConfig(), OptimizeConfig()
 
 
 @app.callback()
@@ -278,19 +282,19 @@ def optimize_prompt(
     prompts: Annotated[list[Path], typer.Argument(help="prompt files: JSON lists, .txt lines, or tables' rewrite_prompt column")],
     embedder: Embed = "proxy",
     start: Annotated[Optional[str], typer.Option(help="start text (default: the best training prompt)")] = None,
-    steps: Annotated[int, typer.Option(help="beam-search steps at most")] = 30,
-    seconds: Annotated[float, typer.Option(help="time budget of the search in seconds")] = 120.0,
-    beam: Annotated[int, typer.Option(help="texts kept per step")] = 4,
-    edits: Annotated[int, typer.Option(help="random edits tried per beam text per step")] = 48,
-    vocab_size: Annotated[int, typer.Option(help="most frequent training words used as the vocabulary")] = 400,
-    seed: Annotated[int, typer.Option(help="seed of the edits and of the held-out split")] = 0,
+    steps: Annotated[int, typer.Option(help="beam-search steps at most")] = OPTIMIZE.steps,
+    seconds: Annotated[float, typer.Option(help="time budget of the search in seconds")] = OPTIMIZE.seconds,
+    beam: Annotated[int, typer.Option(help="texts kept per step")] = OPTIMIZE.beam,
+    edits: Annotated[int, typer.Option(help="random edits tried per beam text per step")] = OPTIMIZE.edits,
+    vocab_size: Annotated[int, typer.Option(help="most frequent training words used as the vocabulary")] = OPTIMIZE.vocab_size,
+    seed: Annotated[int, typer.Option(help="seed of the edits and of the held-out split")] = OPTIMIZE.seed,
     holdout: Annotated[float, typer.Option(help="fraction of distinct prompts held out for the before/after score")] = 0.0,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write the result and trajectory as JSON")] = None,
 ) -> None:
     """Find one text maximising the mean score against the prompts (beam search, then pruning)."""
     from promptrec.data import read_texts
     from promptrec.metric import load_embedder
-    from promptrec.optimize import OptimizeConfig, optimize_prompts, save_report
+    from promptrec.optimize import optimize_prompts, save_report
 
     texts = [text for path in prompts for text in read_texts(path, "rewrite_prompt")]
     model = load_embedder(embedder)
@@ -356,18 +360,18 @@ def generate(
     texts: Annotated[Path, typer.Option(help="source texts: table column, JSON list, .txt lines or a folder of .txt")],
     prompts: Annotated[Path, typer.Option(help="rewrite prompts: table column, JSON list or .txt lines")],
     output: Annotated[Path, typer.Option("-o", "--output", help="triples table to write (.csv, .parquet, .jsonl)")],
-    rewriter: Annotated[str, typer.Option(help="smollm2, gemma3-270m, a .gguf path, hub id or folder")] = "smollm2",
-    backend: Annotated[Optional[str], typer.Option(help="llamacpp, hf or vllm (default: implied by --rewriter)")] = None,
-    n: Annotated[int, typer.Option("--n", help="triples to keep")] = 100,
-    seed: Annotated[int, typer.Option(help="pair sampling and sampling seed")] = 0,
-    max_input_tokens: Annotated[int, typer.Option(help="cut texts at a sentence boundary to fit")] = 256,
-    max_new_tokens: Annotated[int, typer.Option(help="longest rewrite in tokens")] = 192,
-    temperature: Annotated[float, typer.Option(help="sampling temperature (0: greedy)")] = 0.7,
-    top_p: Annotated[float, typer.Option(help="nucleus sampling")] = 0.9,
-    batch: Annotated[int, typer.Option(help="prompts per LLM call and per journal flush")] = 32,
-    parallel: Annotated[int, typer.Option(help="sequences decoded together (llama.cpp) / batch size (transformers)")] = 8,
-    text_column: Annotated[str, typer.Option(help="column of --texts when it is a table")] = "text",
-    prompt_column: Annotated[str, typer.Option(help="column of --prompts when it is a table")] = "rewrite_prompt",
+    rewriter: Annotated[str, typer.Option(help="smollm2, gemma3-270m, a .gguf path, hub id or folder")] = GENERATE.rewriter,
+    backend: Annotated[Optional[str], typer.Option(help="llamacpp, hf or vllm (default: implied by --rewriter)")] = GENERATE.backend,
+    n: Annotated[int, typer.Option("--n", help="triples to keep")] = GENERATE.n,
+    seed: Annotated[int, typer.Option(help="pair sampling and sampling seed")] = GENERATE.seed,
+    max_input_tokens: Annotated[int, typer.Option(help="cut texts at a sentence boundary to fit")] = GENERATE.max_input_tokens,
+    max_new_tokens: Annotated[int, typer.Option(help="longest rewrite in tokens")] = GENERATE.max_new_tokens,
+    temperature: Annotated[float, typer.Option(help="sampling temperature (0: greedy)")] = GENERATE.temperature,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling")] = GENERATE.top_p,
+    batch: Annotated[int, typer.Option(help="prompts per LLM call and per journal flush")] = GENERATE.batch,
+    parallel: Annotated[int, typer.Option(help="sequences decoded together (llama.cpp) / batch size (transformers)")] = GENERATE.parallel,
+    text_column: Annotated[str, typer.Option(help="column of --texts when it is a table")] = GENERATE.text_column,
+    prompt_column: Annotated[str, typer.Option(help="column of --prompts when it is a table")] = GENERATE.prompt_column,
     setting: Annotated[list[str], typer.Option("--set", help="backend option key=value, e.g. quant=q4_0, n_threads=2, device=cuda (repeatable)")] = [],
 ) -> None:
     """Make training triples with a rewriter LLM; re-run the same command to resume an interrupted run."""
@@ -376,7 +380,7 @@ def generate(
     )
     from rich.text import Text
 
-    from promptrec.generate import GenerateConfig, generate_triples
+    from promptrec.generate import generate_triples
 
     class Rate(ProgressColumn):
         def render(self, task) -> Text:

@@ -9,7 +9,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -18,25 +18,14 @@ from rich.rule import Rule
 from rich.text import Text
 
 from promptrec.data import ID, ORIGINAL, PAIR_COLUMNS, PROMPT, REWRITTEN, DataError, read_table
-from promptrec.methods.bank import PromptBank
-from promptrec.methods.base import Composite, Method, load_method, never_blank
-from promptrec.methods.ensemble import EnsembleMethod
+from promptrec.methods.base import (
+    CachesFeatures, Composite, CompositeConfig, Gated, Method, SearchesBank, UsesEmbedder, load_method, never_blank,
+)
 from promptrec.methods.evidence import Evidence, find_evidence
 from promptrec.methods.gate import FEATURES, OWN_FEATURES, ROW_FEATURES, member_agreement
-from promptrec.methods.regressor import RegressorMethod
-from promptrec.metric import Embedder, UsesEmbedder, load_embedder, score
+from promptrec.metric import Embedder, load_embedder, score
 
 GIVEN_ID = "given"  # the id of a case given as --original/--rewritten texts
-
-
-@runtime_checkable
-class SearchesBank(Protocol):
-    """A method that predicts by searching a prompt bank (bank, regressor)."""
-
-    bank: PromptBank | None
-
-    def bank_queries(self, pairs: pd.DataFrame) -> np.ndarray:
-        """(n, dim) the queries `predict` searches the bank with."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +85,7 @@ class Explanation:
     gate: GateView | None
     neighbours: dict[str, list[Neighbour]]  # member label -> its nearest bank prompts, best first
     final_prompt: str  # what `recover` writes for the case
-    fallback: bool  # the method abstained, so `final_prompt` is the fallback prompt
+    fallback: bool  # the method (every member of an ensemble) abstained: `final_prompt` came from the fallback
     truth: str | None
     final_score: float | None
     embedder: str
@@ -138,14 +127,14 @@ def read_case(data: Path | None = None, row: str | None = None, original: str | 
 
 
 def open_model(folder: str | Path) -> Method:
-    """The method saved in `folder` (one line naming it when it does not exist), its regressors' on-disk feature
-    cache off: one case's texts are encoded in memory, where reading the whole cache costs more and adding writes."""
+    """The method saved in `folder` (one line naming it when it does not exist), its parts' on-disk feature caches
+    off: one case's texts are encoded in memory, where reading the whole cache costs more and adding writes."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such model folder")
     method = load_method(folder)
     for part in _parts(method):
-        if isinstance(part, RegressorMethod):
+        if isinstance(part.config, CachesFeatures):
             part.config.feature_cache = False  # read when its cache is first built, on the first predict
     return method
 
@@ -159,10 +148,8 @@ def _parts(method: Method) -> Iterator[Method]:
 
 
 def metric_embedder(method: Method) -> Embedder:
-    """The method's own metric embedder (its `config.embedder`; proxy when it names none)."""
-    if isinstance(method, UsesEmbedder):
-        return method.embedder
-    return load_embedder(getattr(method.config, "embedder", "proxy"))
+    """The method's own metric embedder (its `config.embedder`); proxy for a method that names none."""
+    return method.embedder if isinstance(method, UsesEmbedder) else load_embedder("proxy")
 
 
 def check_top_k(top_k: int) -> None:
@@ -190,12 +177,15 @@ def explain(method: Method, case: Case, top_k: int = 5) -> Explanation:
     truth_of = {text: None if s is None else float(s) for text, s in zip(scored, per_row)}
     candidates = [Candidate(label, member.name, prompts[label], agreement[label], truth_of.get(prompts[label]))
                   for label, member in members.items()]
-    gated = isinstance(method, EnsembleMethod) and method.gate is not None
+    gated = isinstance(method, Gated) and method.gate is not None
+    # concat and select fill a row where every member abstained with the fallback prompt themselves; gate leaves
+    # it blank for never_blank: either way the final prompt came from the fallback.
+    fallback = not _answer(raw[0]) or not any(prompts.values())
     return Explanation(
-        id=case.id, method=method.name, mode=method.config.mode if isinstance(method, EnsembleMethod) else None,
+        id=case.id, method=method.name, mode=method.config.mode if isinstance(method.config, CompositeConfig) else None,
         original_text=case.original, rewritten_text=case.rewritten, evidence=find_evidence(case.rewritten),
         candidates=candidates, gate=_gate_view(method, pairs, predictions) if gated else None,
-        neighbours=_neighbours(members, pairs, top_k), final_prompt=final, fallback=not _answer(raw[0]),
+        neighbours=_neighbours(members, pairs, top_k), final_prompt=final, fallback=fallback,
         truth=case.truth, final_score=truth_of[final], embedder=embedder.label,
     )
 
@@ -216,7 +206,7 @@ def _agreement(prompts: dict[str, str | None], embedder: Embedder) -> dict[str, 
     return {label: found.get(label) for label in prompts}
 
 
-def _gate_view(ensemble: EnsembleMethod, pairs: pd.DataFrame, predictions: dict[str, list[str | None]]) -> GateView:
+def _gate_view(ensemble: Gated, pairs: pd.DataFrame, predictions: dict[str, list[str | None]]) -> GateView:
     """The gate's features, predicted scores and choice for the one-row `pairs`."""
     features, answered = ensemble.row_features(pairs, predictions)  # (m, 1, F), (m, 1)
     predicted = ensemble.gate.predicted_scores(features, answered)[:, 0]  # (m,)

@@ -153,9 +153,11 @@ def _same_text(a: str, b: str) -> bool:
 
 
 def _token_counter(generator: Generator) -> Callable[[str], int]:
-    """The rewriter's own token count (`Generator.tokenize`), else about 4 characters per token (test doubles)."""
-    tokenize = getattr(generator, "tokenize", None)
-    return (lambda text: len(tokenize(text))) if callable(tokenize) else (lambda text: (len(text) + 3) // 4)
+    """The rewriter's own token count (`Generator.tokenize`); about 4 characters per token for a stand-in with only
+    some of a Generator's calls (test doubles)."""
+    if isinstance(generator, Generator):
+        return lambda text: len(generator.tokenize(text))
+    return lambda text: (len(text) + 3) // 4
 
 
 class _Journal:
@@ -306,7 +308,7 @@ def _finish(
     kept = [r for r in records if r["status"] == "kept"][: config.n]
     summary.kept = len(kept)
     summary.cut_off = sum(r["cut_off"] for r in kept)
-    name = getattr(generator, "name", None) or config.rewriter
+    name = (generator.name if generator is not None else "") or config.rewriter
     settings = {k: getattr(config, k) for k in ("max_input_tokens", "max_new_tokens", "temperature", "top_p", "seed")}
     frame = pd.DataFrame({
         ID: [f"gen-{config.seed}-{r['attempt']:06d}" for r in kept],

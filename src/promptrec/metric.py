@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -132,25 +132,6 @@ def _shared_embedder(spec: str, source: str, device: str | None) -> Embedder:
         raise DataError(f"{path}: not a SentenceTransformer folder (no modules.json); use official, proxy or a folder")
     label = OFFICIAL_LABEL if path.name == "sentence-t5-base" else f"local ({path})"
     return Embedder(SentenceTransformer(str(path), device=device or "cpu"), label)
-
-
-class UsesEmbedder:
-    """Mixin for a method whose `config.embedder` names its metric embedder: `embedder`, loaded on first use
-    unless set (tests and benchmarks set a toy or shared one: anything with `encode`, `dim` and `label`)."""
-
-    config: Any
-    _embedder: Embedder | None = None
-
-    @property
-    def embedder(self) -> Embedder:
-        """The metric embedder named by `config.embedder`, loaded on first use."""
-        if self._embedder is None:
-            self._embedder = load_embedder(self.config.embedder)
-        return self._embedder
-
-    @embedder.setter
-    def embedder(self, embedder: Embedder) -> None:
-        self._embedder = embedder
 
 
 def _encode(embedder: Embedder, texts: list[str], progress: bool) -> np.ndarray:

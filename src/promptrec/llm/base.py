@@ -33,6 +33,7 @@ class Generator(Protocol):
     """A loaded LLM that completes prompts; `name` is recorded as provenance."""
 
     name: str
+    has_chat_template: bool  # the model carries a chat template (instruct models); base models use a completion one
 
     def generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[str]:
         """One completion per prompt (the new text only), in order."""

@@ -12,8 +12,8 @@ import pandas as pd
 
 from promptrec import vectors
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, read_texts
-from promptrec.methods.base import check_view, load_saved, safe_child, save_config, text_view
-from promptrec.metric import UsesEmbedder, load_embeddings, save_embeddings, sharpen
+from promptrec.methods.base import UsesEmbedder, check_view, load_saved, safe_child, save_config, text_view
+from promptrec.metric import load_embeddings, save_embeddings, sharpen
 from promptrec.models import cache_dir
 
 BANK_TEXTS = "bank.json"
@@ -133,6 +133,7 @@ def check_dim(bank: PromptBank, embedder, source: str) -> None:
 @dataclass
 class BankConfig:
     """Options of the bank method."""
+    model_fields = ("embedder",)  # NamesModels: the fields naming a model, which bundle carries
 
     embedder: str = "proxy"  # metric embedder: official, proxy or a folder
     bank_files: list[str] = field(default_factory=list)  # prompt lists added to the bank (JSON list, .txt, table)

@@ -11,16 +11,22 @@ written into the config. Methods log through `logging.getLogger(__name__)`; the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
 from promptrec.data import REWRITTEN, DataError, atomic_write
+
+if TYPE_CHECKING:
+    from promptrec.methods.bank import PromptBank
+    from promptrec.methods.gate import Gate
+    from promptrec.metric import Embedder
 
 # Used wherever a method produced nothing usable: a blank prediction is an error in the competition.
 FALLBACK_PROMPT = "Rewrite this text in a different style."
@@ -100,6 +106,78 @@ class Composite(Protocol):
 
     def combine(self, pairs: pd.DataFrame, predictions: dict[str, list[str | None]]) -> list[str | None]:
         """Prompts for `pairs` from every member's `predictions` (by label); `predict` is `combine` over members."""
+
+
+@runtime_checkable
+class UsesEmbedder(Protocol):
+    """A method whose `config.embedder` names its metric embedder: `embedder`, loaded on first use unless set (tests
+    and benchmarks set a toy or shared one: anything with `encode`, `dim` and `label`). Methods subclass it to
+    inherit that lazy `embedder`; before Python 3.12 `isinstance` reads (so loads) it: check where it is wanted."""
+
+    config: Any
+
+    @functools.cached_property
+    def embedder(self) -> Embedder:
+        """The metric embedder named by `config.embedder`, loaded on first use; assigning one replaces it."""
+        from promptrec.metric import load_embedder
+
+        return load_embedder(self.config.embedder)
+
+
+@runtime_checkable
+class SearchesBank(Protocol):
+    """A method that predicts by searching a prompt bank (bank, regressor)."""
+
+    bank: PromptBank | None
+
+    def bank_queries(self, pairs: pd.DataFrame) -> np.ndarray:
+        """(n, dim) the queries `predict` searches the bank with."""
+
+
+@runtime_checkable
+class Gated(Composite, Protocol):
+    """A composite that picks one member per row with a gate learned on out-of-fold member predictions."""
+
+    gate: Gate | None  # None until fitted, and in the composite's other modes
+
+    def row_features(self, pairs: pd.DataFrame,
+                     predictions: dict[str, list[str | None]]) -> tuple[np.ndarray, np.ndarray]:
+        """The gate's features (m, n, F) of the members' `predictions` and which members answered (m, n)."""
+
+
+# --- capabilities of a config: read from a saved `method.json` without building the method ----------------------
+@runtime_checkable
+class CompositeConfig(Protocol):
+    """The config of a composite: its members, each saved in the subfolder named by its label, and how it combines
+    them."""
+
+    mode: str
+
+    def specs(self) -> list[tuple[str, str]]:
+        """The members as (label, method name) pairs, in order."""
+
+
+@runtime_checkable
+class NamesModels(Protocol):
+    """A config whose fields name models (an offline short name, a hub id or a path): `bundle` carries the offline
+    ones and lists the rest. A field called `embedder` also takes `official` and `proxy` (metric.load_embedder)."""
+
+    model_fields: ClassVar[tuple[str, ...]]
+
+
+@runtime_checkable
+class NeedsExtra(Protocol):
+    """A config whose method needs an optional promptrec extra (`pip install "promptrec[EXTRA]"`): `bundle` carries
+    it."""
+
+    extra: ClassVar[str]
+
+
+@runtime_checkable
+class CachesFeatures(Protocol):
+    """A config whose method keeps encoded features in an on-disk cache, which `feature_cache = False` turns off."""
+
+    feature_cache: bool
 
 
 def method_class(name: str) -> type:

@@ -8,13 +8,14 @@ from pathlib import Path
 import pandas as pd
 
 from promptrec.data import PROMPT, DataError
-from promptrec.methods.base import FALLBACK_PROMPT, load_saved, save_config
+from promptrec.methods.base import FALLBACK_PROMPT, UsesEmbedder, load_saved, save_config
 from promptrec.vectors import Encode, most_typical
 
 
 @dataclass
 class ConstantConfig:
     """Options of the constant method."""
+    model_fields = ("embedder",)  # NamesModels: the fields naming a model, which bundle carries
 
     prompt: str = FALLBACK_PROMPT  # the prompt predicted for every row (until `select` picks one)
     select: bool = False  # fit picks the training prompt with the best mean score against all the others
@@ -28,7 +29,7 @@ class ConstantConfig:
             raise DataError(f"constant: select must be true or false, got {self.select!r}")
 
 
-class ConstantMethod:
+class ConstantMethod(UsesEmbedder):
     """Predicts one fixed prompt; with `select`, the training set's medoid under cos**3."""
 
     name = "constant"
@@ -42,9 +43,7 @@ class ConstantMethod:
         """With `select`, choose the training prompt maximising the mean score against the rest."""
         self.selected = None
         if self.config.select:
-            from promptrec.metric import load_embedder
-
-            self.selected = best_constant(triples[PROMPT].tolist(), load_embedder(self.config.embedder).encode)
+            self.selected = best_constant(triples[PROMPT].tolist(), self.embedder.encode)
 
     def predict(self, pairs: pd.DataFrame) -> list[str | None]:
         """The same prompt for every row: the selected one, else the configured one."""

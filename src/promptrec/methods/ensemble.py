@@ -15,11 +15,11 @@ import pandas as pd
 
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, SOURCE, DataError
 from promptrec.methods.base import (
-    FALLBACK_PROMPT, Method, PredictsEmbeddings, check_options, from_name, load_saved, method_class, never_blank,
-    parse_members, safe_child, save_config,
+    FALLBACK_PROMPT, Method, PredictsEmbeddings, UsesEmbedder, check_options, from_name, load_saved, method_class,
+    never_blank, parse_members, safe_child, save_config,
 )
 from promptrec.methods.gate import Gate, gate_features, pair_change, words
-from promptrec.metric import UsesEmbedder, sharpen
+from promptrec.metric import sharpen
 from promptrec.splits import group_folds, scored_rows, source_folds
 from promptrec.vectors import unit_rows
 
@@ -32,6 +32,7 @@ REFERENCES = ("auto", "centroid")
 @dataclass
 class EnsembleConfig:
     """Options of the ensemble method."""
+    model_fields = ("embedder",)  # NamesModels: the fields naming a model, which bundle carries
 
     members: list[str] = field(default_factory=lambda: ["constant"])  # "name" or "label=name"; labels let a method appear twice
     member_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # options per member label

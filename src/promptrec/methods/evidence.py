@@ -23,8 +23,7 @@ import pandas as pd
 
 from promptrec.clean import CLOSING, HEADING, LEAD_IN, REFUSAL, REFUSAL_WINDOW
 from promptrec.data import PROMPT, REWRITTEN, DataError, atomic_write
-from promptrec.methods.base import load_saved, safe_child, save_config
-from promptrec.metric import UsesEmbedder
+from promptrec.methods.base import UsesEmbedder, load_saved, safe_child, save_config
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +231,7 @@ class KindChoice:
 @dataclass
 class EvidenceConfig:
     """Options of the evidence method."""
+    model_fields = ("embedder",)  # NamesModels: the fields naming a model, which bundle carries
 
     embedder: str = "proxy"  # metric embedder used by fit to score the candidate templates
     kinds: list[str] = field(default_factory=lambda: list(KINDS))  # evidence read, in this order of preference

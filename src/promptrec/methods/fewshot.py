@@ -12,8 +12,11 @@ import pandas as pd
 
 from promptrec.clean import parse_generation
 from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, read_table, write_table
+from promptrec.llm.base import Generator
 from promptrec.llm.templates import head_tail
-from promptrec.methods.base import FALLBACK_PROMPT, check_view, load_saved, never_blank, safe_child, save_config, text_view
+from promptrec.methods.base import (
+    FALLBACK_PROMPT, UsesEmbedder, check_view, load_saved, never_blank, safe_child, save_config, text_view,
+)
 from promptrec.vectors import Encode, direction, most_typical, top_k, unit_rows
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ COMPLETION_QUERY = PAIR_TEMPLATE + "\n" + ANSWER_LABEL
 @dataclass
 class FewShotConfig:
     """Options of the few-shot method (what `fit` learns is kept on the method and saved beside them)."""
+    model_fields, extra = ("model", "embedder"), "llm"  # NamesModels, NeedsExtra: what bundle carries
 
     model: str = "smollm2"  # short offline name (models.OFFLINE_LLMS), GGUF path, hub id or local folder
     backend: str = ""  # llamacpp, hf or vllm; "" = implied by the model (GGUF and offline names -> llamacpp)
@@ -194,18 +198,18 @@ class ExampleIndex:
 # ---- the method ---------------------------------------------------------------------------------------------
 
 
-def has_chat_template(generator) -> bool:
-    """True when the model renders chat messages with a template of its own (instruct models)."""
-    flag = getattr(generator, "has_chat_template", None)  # the packaged backends say so directly
-    if flag is not None:
-        return bool(flag)
+def has_chat_template(generator: Generator) -> bool:
+    """True when the model renders chat messages with a template of its own (instruct models): a full Generator says
+    so; a stand-in with only some of its calls (tests) is asked to render one."""
+    if isinstance(generator, Generator):
+        return bool(generator.has_chat_template)
     try:
         return bool(generator.render_chat([{"role": "user", "content": "x"}]).strip())
     except Exception:  # backends signal a missing template with their own error types
         return False
 
 
-class FewShotMethod:
+class FewShotMethod(UsesEmbedder):
     """Prompts an instruct LLM with k worked examples and parses the instruction it answers."""
 
     name = "fewshot"
@@ -218,16 +222,11 @@ class FewShotMethod:
         self.fixed_ids: list[str] = list(self.config.fixed_ids)
         self.fallback_prompt: str = self.config.fallback_prompt
         self.generator = None  # loaded on first use, or set by the caller
-        self.embedder = None  # retrieval embedder (anything with .encode), loaded on first use or set by the caller
         self.fallbacks = 0  # rows of the last predict that got the fallback prompt
 
     # -- pieces loaded lazily --
     def encode(self, texts: list[str]) -> np.ndarray:
-        """(n, d) unit embeddings from the retrieval embedder, loaded once."""
-        if self.embedder is None:
-            from promptrec.metric import load_embedder
-
-            self.embedder = load_embedder(self.config.embedder)
+        """(n, d) unit embeddings from the retrieval `embedder` (loaded on first use, or set by the caller)."""
         return self.embedder.encode(texts)
 
     def load_generator(self):

@@ -20,7 +20,9 @@ import pandas as pd
 from promptrec import checkpoint
 from promptrec.clean import parse_generation
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write
-from promptrec.methods.base import FALLBACK_PROMPT, check_view, load_saved, never_blank, save_config, text_view
+from promptrec.methods.base import (
+    FALLBACK_PROMPT, UsesEmbedder, check_view, load_saved, never_blank, save_config, text_view,
+)
 from promptrec.methods.lora_template import render_input
 from promptrec.splits import held_out
 
@@ -30,6 +32,7 @@ ADAPTER_DIR, TOKENIZER_DIR, MERGED_DIR, HISTORY_FILE = "adapter", "tokenizer", "
 @dataclass
 class LoraConfig:
     """Options of the lora method. Defaults: SmolLM2-135M offline (gemma3-270m: `--set model=gemma3-270m`)."""
+    model_fields, extra = ("model", "embedder"), "llm"  # NamesModels, NeedsExtra: what bundle carries
 
     model: str = "smollm2"  # short offline name (smollm2, gemma3-270m), hub id, HF folder or .gguf file
     r: int = 8  # LoRA rank (8 small models, 16 for phi-2 and 7B)
@@ -87,7 +90,7 @@ class LoraConfig:
             raise DataError(f"lora: lr must be positive, not {self.lr}")
 
 
-class LoraMethod:
+class LoraMethod(UsesEmbedder):
     """Fine-tunes a LoRA adapter on a causal LM to write the prompt; generates it greedily."""
 
     name = "lora"
@@ -104,7 +107,6 @@ class LoraMethod:
         # Called as on_update(updates, total) after every optimizer update (progress display; tests inject crashes).
         self.on_update: Callable[[int, int], None] | None = None
         self._newlines: list[int] | None = None
-        self._embedder_cache = None
 
     def resume_in(self, folder: Path) -> None:
         """Checkpoint in `folder` unless `checkpoint_dir` is set; a rerun continues from the newest checkpoint."""
@@ -139,16 +141,8 @@ class LoraMethod:
         if self.config.select_fallback:
             from promptrec.methods.constant import best_constant
 
-            self.fallback_prompt = best_constant(train[PROMPT].tolist(), self.embedder().encode)
+            self.fallback_prompt = best_constant(train[PROMPT].tolist(), self.embedder.encode)
         lora_train.train(self, train, held)
-
-    def embedder(self):
-        """The embedder of `config.embedder`, loaded once."""
-        if self._embedder_cache is None:
-            from promptrec.metric import load_embedder
-
-            self._embedder_cache = load_embedder(self.config.embedder)
-        return self._embedder_cache
 
     def generate_raw(self, pairs: pd.DataFrame) -> list[str]:
         """Uncleaned completions, one per `original_text, rewritten_text` row; each stops at its first line break."""

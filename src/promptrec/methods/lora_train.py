@@ -308,7 +308,7 @@ def _evaluate(method, accelerator, model, held_encoded, held: pd.DataFrame, when
         preds = method.predict(held)
         from promptrec.metric import score as scs
 
-        result = scs(preds, held[PROMPT].tolist(), method.embedder())
+        result = scs(preds, held[PROMPT].tolist(), method.embedder)
         score = result.mean
         entry.update(val_loss=round(float(np.mean(losses)), 4), val_score=round(score, 4), embedder=result.label)
         log.info(f"lora {when}: train loss {train_loss:.4f}  val loss {entry['val_loss']:.4f}  "

@@ -13,8 +13,7 @@ import pandas as pd
 
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write
 from promptrec.methods.bank import BANK_TEXTS, PromptBank, build_bank, check_dim
-from promptrec.methods.base import check_view, load_saved, safe_child, save_config, text_view
-from promptrec.metric import UsesEmbedder
+from promptrec.methods.base import UsesEmbedder, check_view, load_saved, safe_child, save_config, text_view
 from promptrec.models import cache_dir, load_pretrained, pick_device, resolve_model
 from promptrec.vectors import direction, unit_rows
 
@@ -44,6 +43,7 @@ SHARD_TEXTS = 512  # texts encoded between two cache writes
 @dataclass
 class RegressorConfig:
     """Options of the regressor; the defaults are the offline CPU setup (configs/ holds the original's)."""
+    model_fields = ("backbone", "embedder")  # NamesModels: the fields naming a model, which bundle carries
 
     backbone: str = "minilm"  # frozen encoder (AutoModel): offline short name, hub id or folder
     embedder: str = "proxy"  # metric embedder whose normalised prompt embedding is the target
