@@ -40,6 +40,7 @@ METHODS: dict[str, str] = {
     "lora": "promptrec.methods.lora:LoraMethod",
     "fewshot": "promptrec.methods.fewshot:FewShotMethod",
     "evidence": "promptrec.methods.evidence:EvidenceMethod",
+    "form": "promptrec.methods.form:FormMethod",
     "ensemble": "promptrec.methods.ensemble:EnsembleMethod",
 }
 
