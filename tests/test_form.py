@@ -120,7 +120,7 @@ def test_clusters_are_recovered_from_the_form_alone(word_embedder, decode):
 
 
 def test_save_load_round_trip(word_embedder, tmp_path):
-    method = _fitted(word_embedder)  # with the embedding direction (4 toy dimensions) beside the form
+    method = _fitted(word_embedder, direction=True)  # with the embedding direction (4 toy dimensions) beside the form
     before = method.predict(PAIRS)
     assert before == TEST["rewrite_prompt"].tolist()
     method.save(tmp_path / "form")

@@ -218,8 +218,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 # Leave-one-source-out (six shared files, 400 held-out rows per fold, proxy; `promptrec cv ... --by source -m
 # best=constant,form,fm=form,fd=form,f64=form --set best.select=true --set fm.decode=medoid --set fd.direction=false
-# --set f64.clusters=64 --limit 400`, 27 min on one busy core): best constant 0.0351, form 0.0372, medoid decoding
-# 0.0363, without the direction 0.0386 (fit 9 s a fold instead of minutes of text embedding), 64 clusters 0.0381.
+# --set f64.clusters=64 --limit 400`, 27 min on one busy core): best constant 0.0351, form with the direction 0.0372, medoid
+# decoding 0.0363, without the direction (now the default) 0.0386 (fit 9 s a fold instead of minutes of text embedding), 64 clusters 0.0381.
 # A perfect cluster classifier would reach 0.095 (24 clusters) / 0.114 (64) with medoids: the features, not the
 # clusters, are what holds the method back, alone; its use is as a reader of the form beside other members.
 @dataclass
@@ -228,7 +228,7 @@ class FormConfig:
 
     embedder: str = "proxy"  # metric embedder: clusters the training prompts, gives the rewrite's direction
     clusters: int = 24  # k of k-means over the training prompts' embeddings (at most their distinct count)
-    direction: bool = True  # read unit(emb(rewritten) - emb(original)) beside the form features
+    direction: bool = False  # also read unit(emb(rewritten) - emb(original)); off: better held out, no text encoding
     decode: str = "expected"  # expected: training prompt with the best expected cos**3; medoid: likeliest cluster's
     l2: float = 1.0  # L2 strength of the logistic regression (scikit-learn's 1 / C)
     seed: int = 0  # k-means initialisation
