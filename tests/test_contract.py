@@ -107,6 +107,7 @@ CAPABILITIES = {  # name -> (model fields, extra, searches a bank, predicts embe
     "fewshot": (("model", "embedder"), "llm", False, False, False, False),
     "evidence": (("embedder",), None, False, False, False, False),
     "ensemble": (("embedder",), None, False, False, True, False),
+    "form": (("embedder",), None, False, False, False, False),
 }
 
 

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write
-from promptrec.methods.base import load_saved, safe_child, save_config
-from promptrec.metric import EXPONENT, UsesEmbedder
+from promptrec.methods.base import UsesEmbedder, load_saved, safe_child, save_config
+from promptrec.metric import sharpen
 from promptrec.vectors import direction
 
 log = logging.getLogger(__name__)
@@ -226,6 +226,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 class FormConfig:
     """Options of the form method."""
 
+    model_fields = ("embedder",)  # NamesModels: the fields naming a model, which bundle carries
     embedder: str = "proxy"  # metric embedder: clusters the training prompts, gives the rewrite's direction
     clusters: int = 24  # k of k-means over the training prompts' embeddings (at most their distinct count)
     direction: bool = False  # also read unit(emb(rewritten) - emb(original)); off: better held out, no text encoding
@@ -287,7 +288,7 @@ class FormMethod(UsesEmbedder):
         k = int(distinct_labels.max()) + 1
         rows_in = np.zeros((len(self.prompts), k), dtype=np.float64)  # (u, k) training rows per prompt and cluster
         np.add.at(rows_in, (row_prompt, distinct_labels[row_prompt]), 1.0)
-        cube = np.clip(prompt_emb @ prompt_emb.T, -1.0, 1.0) ** EXPONENT  # (u, u) the metric between distinct prompts
+        cube = sharpen(prompt_emb @ prompt_emb.T)  # (u, u) the metric between distinct prompts
         cluster_scores = cube @ rows_in / rows_in.sum(axis=0)  # (u, k) mean cos**3 of prompt j against cluster c
         self.medoids = [int(np.argmax(np.where(rows_in[:, c] > 0, cluster_scores[:, c], -np.inf))) for c in range(k)]
         inputs = self.inputs(triples)  # (n, F')
