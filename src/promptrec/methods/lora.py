@@ -169,6 +169,7 @@ class LoraMethod(UsesEmbedder):
         """Write method.json (with the fallback prompt), the adapter (safetensors), the tokenizer, history.json
         and, with merge, merged/; then move the run's last checkpoint to train_state/ (for `train --from`)."""
         from accelerate import PartialState
+        from peft import PeftModel
 
         if self.model is None:
             raise DataError("lora: nothing to save; fit the method first")
@@ -176,11 +177,12 @@ class LoraMethod(UsesEmbedder):
             return  # under `accelerate launch` every process trains; one writes
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        if hasattr(self.model, "peft_config"):
+        adapter = isinstance(self.model, PeftModel)  # False after a merge: a plain model
+        if adapter:
             self.model.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True, save_embedding_layers=False)
         self.tokenizer.save_pretrained(folder / TOKENIZER_DIR)
         if self.config.merge:
-            if hasattr(self.model, "peft_config"):
+            if adapter:
                 self.model = self.model.merge_and_unload()
             self.model.save_pretrained(folder / MERGED_DIR, safe_serialization=True)
         with atomic_write(folder / HISTORY_FILE) as handle:
