@@ -219,6 +219,20 @@ class FeatureCache:
         return np.concatenate([per_text[: len(pairs)], per_text[len(pairs) :]], axis=1)
 
 
+# One cache per encoder identity, device and cache folder in a process: the gate's inner folds, the final fit and
+# cv's folds build fresh regressors over the same texts, which would otherwise load the encoder and read every
+# shard again (or, with the disk cache off, encode every text again) each time.
+_SHARED_CACHES: dict[tuple[str, str, str], FeatureCache] = {}
+
+
+def shared_cache(encoder: FrozenEncoder, folder: Path | None) -> FeatureCache:
+    """The process's `FeatureCache` for `encoder`'s features under `folder` (None: in memory only), built on first use."""
+    key = (encoder.identity, encoder.device, str(folder or ""))
+    if key not in _SHARED_CACHES:
+        _SHARED_CACHES[key] = FeatureCache(encoder, folder)
+    return _SHARED_CACHES[key]
+
+
 def pair_block(concat: np.ndarray, pair: str) -> np.ndarray:
     """(n, 2F) `[original, rewritten]` as is (concat), or (n, 4F) `[o, r, r - o, o * r]` (interact): the difference
     and product spell out what changed, which a narrow head would otherwise have to learn from the two halves."""
@@ -366,7 +380,7 @@ class RegressorMethod(UsesEmbedder):
     def _new_cache(self, max_length: int) -> FeatureCache:
         encoder = FrozenEncoder(self.config.backbone, max_length, self.device, self.config.encode_batch_size,
                                 self.config.amp, self.config.layers)
-        return FeatureCache(encoder, cache_dir(self.config.cache_dir) if self.config.feature_cache else None)
+        return shared_cache(encoder, cache_dir(self.config.cache_dir) if self.config.feature_cache else None)
 
     @property
     def cache(self) -> FeatureCache:
