@@ -428,8 +428,8 @@ def test_gate_inner_folds_encode_each_text_once_per_process(tiny_bert, tiny_bert
     encoded, embedded, loads = [], [], []
     encode, encode_uncached, load = (regressor.FrozenEncoder.encode, metric.Embedder.encode_uncached,
                                      regressor.FrozenEncoder._load)
-    monkeypatch.setattr(regressor.FrozenEncoder, "encode",
-                        lambda self, texts: encoded.extend((self.max_length, t) for t in texts) or encode(self, texts))
+    monkeypatch.setattr(regressor.FrozenEncoder, "encode", lambda self, texts, on_batch=None: encoded.extend(
+        (self.max_length, t) for t in texts) or encode(self, texts, on_batch))
     monkeypatch.setattr(regressor.FrozenEncoder, "_load", lambda self: loads.append(self.max_length) or load(self))
     monkeypatch.setattr(metric.Embedder, "encode_uncached",
                         lambda self, texts, progress=False: embedded.extend(texts) or encode_uncached(self, texts, progress))

@@ -6,7 +6,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,7 @@ from promptrec.methods.bank import BANK_TEXTS, PromptBank, build_bank, check_dim
 from promptrec.methods.base import check_view, load_saved, safe_child, save_config, text_view
 from promptrec.metric import UsesEmbedder
 from promptrec.models import cache_dir, pick_device, resolve_model
+from promptrec.progress import Steps
 from promptrec.vectors import direction, unit_rows
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,9 @@ class FrozenEncoder:
         except OSError as err:
             raise DataError(f"cannot load encoder '{self.source}' ({str(err).splitlines()[0]})") from None
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """(n, len(layers) * H) float32: masked means of the chosen hidden layers, side by side."""
+    def encode(self, texts: list[str], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """(n, len(layers) * H) float32: masked means of the chosen hidden layers, side by side; `on_batch(size)` is
+        called after each batch (progress)."""
         import torch
 
         if self._model is None:
@@ -155,6 +157,8 @@ class FrozenEncoder:
             features = torch.cat(pooled, dim=1).cpu().numpy()  # (b, len(layers) * H)
             for i, row in zip(chunk, features):
                 rows[i] = row
+            if on_batch:
+                on_batch(len(chunk))
         return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -204,9 +208,10 @@ class FeatureCache:
         keys = [_text_key(t) for t in texts]
         missing = list(dict.fromkeys(k for k in keys if k not in self.store))
         text_of = dict(zip(keys, texts))
+        steps = Steps("encode", len(missing), f"regressor features ({self.encoder.max_length} tokens)")
         for start in range(0, len(missing), SHARD_TEXTS):  # one shard per chunk: an interrupted run resumes
             chunk = missing[start : start + SHARD_TEXTS]
-            fresh = self.encoder.encode([text_of[k] for k in chunk])  # (chunk, F)
+            fresh = self.encoder.encode([text_of[k] for k in chunk], steps.advance)  # (chunk, F)
             self.store.update(zip(chunk, fresh))
             self.encoded += len(chunk)
             if self.folder:
