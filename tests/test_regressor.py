@@ -425,6 +425,7 @@ def test_gate_inner_folds_encode_each_text_once_per_process(tiny_bert, tiny_bert
 
     monkeypatch.setattr(regressor, "_SHARED_CACHES", {})
     metric._shared_embedder.cache_clear()  # a fresh metric embedder: its memo starts empty
+    regressor._pretrained.cache_clear()
     encoded, embedded, loads = [], [], []
     encode, encode_uncached, load = (regressor.FrozenEncoder.encode, metric.Embedder.encode_uncached,
                                      regressor.FrozenEncoder._load)
@@ -443,6 +444,6 @@ def test_gate_inner_folds_encode_each_text_once_per_process(tiny_bert, tiny_bert
     assert method.gate is not None
     texts = set(rows.original_text) | set(rows.rewritten_text)
     assert Counter(encoded) == Counter({(32, t): 1 for t in texts} | {(4, t): 1 for t in set(rows.rewritten_text)})
-    assert sorted(loads) == [4, 32]
+    assert sorted(loads) == [4, 32] and regressor._pretrained.cache_info().misses == 1  # both blocks: one model
     assert embedded and max(Counter(embedded).values()) == 1
     metric._shared_embedder.cache_clear()  # later tests start from a fresh embedder too

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -92,6 +93,27 @@ def _text_key(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 
+@lru_cache(maxsize=4)
+def _pretrained(source: str, device: str, weights: tuple[str, ...]):
+    """(tokenizer, model) of `source` on `device`, loaded once per process and version of its `weights` (their
+    `_weight_stamps`): the regressor's full-text and head-token blocks share one encoder."""
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source), AutoModel.from_pretrained(source).to(device).eval()
+    except OSError as err:
+        raise DataError(f"cannot load encoder '{source}' ({str(err).splitlines()[0]})") from None
+
+
+def _weight_stamps(source: str) -> tuple[str, ...]:
+    """`name:size:mtime` of each weight file when `source` is a folder (a rewritten file is another model)."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return ()
+    files = sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")])
+    return tuple(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in files)
+
+
 class FrozenEncoder:
     """A pretrained encoder read-only: per text, mean-pooled hidden layers side by side (len(layers) * H)."""
 
@@ -116,9 +138,7 @@ class FrozenEncoder:
         if folder.is_dir():
             config = folder / "config.json"
             parts.append(config.read_text(encoding="utf-8") if config.is_file() else "")
-            for weights in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]):
-                stat = weights.stat()
-                parts.append(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}")
+            parts.extend(_weight_stamps(self.source))
         return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
 
     def initializer_range(self) -> float:
@@ -128,13 +148,7 @@ class FrozenEncoder:
         return float(getattr(AutoConfig.from_pretrained(self.source), "initializer_range", 0.02))
 
     def _load(self) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        try:
-            self._tokenizer = AutoTokenizer.from_pretrained(self.source)
-            self._model = AutoModel.from_pretrained(self.source).to(self.device).eval()
-        except OSError as err:
-            raise DataError(f"cannot load encoder '{self.source}' ({str(err).splitlines()[0]})") from None
+        self._tokenizer, self._model = _pretrained(self.source, self.device, _weight_stamps(self.source))
 
     def encode(self, texts: list[str], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         """(n, len(layers) * H) float32: masked means of the chosen hidden layers, side by side; `on_batch(size)` is
