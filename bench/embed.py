@@ -2,7 +2,7 @@
 `recover` and `fit` run it (length-sorted batches of 64), the same batches in input order, bf16 autocast, and
 dynamic int8 quantisation of the Linear layers; each with its mean cosine to float32 (a faster path is usable
 only at >= 0.999).
-Run: `PROMPTREC_THREADS=1 promptrec bench embed [--texts 256] [--repeats 2]`.
+Run: `PROMPTREC_THREADS=1 promptrec bench embed [--texts 256] [--repeats 3]`.
 """
 
 from __future__ import annotations
@@ -32,21 +32,24 @@ def shared_texts(count: int, seed: int = 0) -> list[str]:
     return [distinct[i] for i in rng.choice(len(distinct), size=min(count, len(distinct)), replace=False)]
 
 
-def timed(encode, texts: list[str], repeats: int) -> tuple[np.ndarray, float]:
-    """Embeddings and the best texts/s over `repeats` runs (the host is shared: the best run is the least disturbed)."""
-    best, emb = 0.0, None
+def timed(paths: dict, texts: list[str], repeats: int) -> dict[str, tuple[np.ndarray, float]]:
+    """Per path, its embeddings and best texts/s over `repeats` rounds; the paths take turns within each round, so
+    the load of a shared host falls on all of them alike (the best run is the least disturbed)."""
+    found: dict[str, tuple[np.ndarray, float]] = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        emb = encode(texts)
-        best = max(best, len(texts) / (time.perf_counter() - start))
-    return np.asarray(emb, dtype=np.float32), best
+        for name, encode in paths.items():
+            start = time.perf_counter()
+            emb = np.asarray(encode(texts), dtype=np.float32)
+            rate = len(texts) / (time.perf_counter() - start)
+            found[name] = (emb, max(rate, found.get(name, (emb, 0.0))[1]))
+    return found
 
 
 def main() -> None:
     """Print texts/s, the ratio to float32 and the mean/min cosine to float32 of each path."""
     parser = argparse.ArgumentParser(prog="promptrec bench embed", description=__doc__)
     parser.add_argument("--texts", type=int, default=256, help="real shared texts embedded per path")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; each path runs once per round")
     parser.add_argument("--batch-size", type=int, default=64)
     args, _ = parser.parse_known_args()
     if not (DATA / f"{FILES[0]}.csv").is_file():
@@ -80,12 +83,11 @@ def main() -> None:
              "dynamic int8 Linear": st(quantized)}
     tokens = [len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]]
     print(f"{len(texts)} real shared texts (mean {np.mean(tokens):.0f} tokens, {sum(t >= model.max_seq_length for t in tokens)}"
-          f" at the {model.max_seq_length}-token limit), batch {args.batch_size}, {threads} thread(s), best of {args.repeats}")
-    reference, base = None, None
-    for name, encode in paths.items():
-        emb, rate = timed(encode, texts, args.repeats)
-        reference = emb if reference is None else reference
-        base = rate if base is None else base
+          f" at the {model.max_seq_length}-token limit), batch {args.batch_size}, {threads} thread(s), best of "
+          f"{args.repeats} interleaved rounds")
+    found = timed(paths, texts, args.repeats)
+    reference, base = next(iter(found.values()))
+    for name, (emb, rate) in found.items():
         cosine = np.einsum("nd,nd->n", emb, reference)
         print(f"  {name:45s} {rate:7.1f} texts/s  {rate / base:5.2f}x   cosine to float32 mean {cosine.mean():.5f} "
               f"min {cosine.min():.5f}")
