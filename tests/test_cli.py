@@ -157,3 +157,55 @@ def test_bench_unknown_name_lists_the_known_ones(capsys):
 def test_bench_forwards_its_options(capsys):
     code, out, _ = run(capsys, "bench", "metric_dedupe", "--rows", "40")
     assert code == 0 and "[proxy (all-MiniLM-L6-v2)], 40 rows, 21 distinct texts" in out and "ratio: " in out
+
+
+def _run_child(argv: list, terminal: bool) -> tuple[int, str]:
+    """Exit code and everything the CLI printed, run in a child process on a pseudo-terminal (stdout and stderr
+    both) or with both piped."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from conftest import CLI_ENV, ROOT
+
+    command = [sys.executable, "-m", "promptrec", *map(str, argv)]
+    env = {**CLI_ENV, "TERM": "xterm", "COLUMNS": "140"}
+    if not terminal:
+        done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        return done.returncode, done.stdout + done.stderr
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    return process.wait(timeout=300), b"".join(chunks).decode("utf-8", "replace")
+
+
+BAR = "━"  # what Rich draws a progress bar with
+
+
+def test_fit_and_recover_show_progress_bars_on_a_terminal_only(tmp_path):
+    """Issue 24: bars with ETA on a (pseudo-)terminal; none when piped or with --quiet; the summary line is kept."""
+    data = tmp_path / "train.csv"
+    pd.DataFrame({"id": ["1", "2", "3"], "original_text": ["a", "b", "c"], "rewrite_prompt": ["p", "q", "r"],
+                  "rewritten_text": ["A", "B", "C"]}).to_csv(data, index=False)
+    fit = ["fit", data, "-m", "constant,shout=constant", "-o", tmp_path / "m"]
+    recover = ["recover", EXAMPLES / "test.csv", "--model", tmp_path / "m", "-o", tmp_path / "sub.csv"]
+    code, shown = _run_child(fit, terminal=True)
+    assert code == 0 and BAR in shown and "fit" in shown and "2/2" in shown and "ETA" in shown, shown
+    assert f"saved ensemble (concat; members constant, shout) -> {tmp_path / 'm'}" in shown
+    code, shown = _run_child(recover, terminal=True)
+    assert code == 0 and BAR in shown and "recover" in shown and "20/20" in shown and "ETA" in shown, shown
+    assert f"wrote 20 prompts -> {tmp_path / 'sub.csv'} (method ensemble)" in shown
+    for argv, terminal in ((fit, False), (recover, False), ([*fit, "--quiet"], True), ([*recover, "-q"], True)):
+        code, shown = _run_child(argv, terminal)
+        assert code == 0 and BAR not in shown and "ETA" not in shown, (argv, terminal, shown)

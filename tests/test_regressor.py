@@ -433,3 +433,41 @@ def test_cli_training_killed_with_sigkill_reuses_its_feature_shards(tiny_bert, t
     straight_state, resumed_state = straight.head.state_dict(), resumed.head.state_dict()
     assert all(np.array_equal(straight_state[k].numpy(), resumed_state[k].numpy()) for k in straight_state)
     assert resumed.predict(triples) == straight.predict(triples)
+
+
+@pytest.mark.parametrize("disk_cache", [True, False])
+def test_gate_inner_folds_encode_each_text_once_per_process(tiny_bert, tiny_bert_embedder, tmp_path, monkeypatch,
+                                                            disk_cache):
+    """Issue 24: the gate's inner folds and the final fit share the encoders' features and the metric embeddings, so
+    every text reaches each encoder once per process (and each encoder loads once), with or without the disk cache."""
+    from collections import Counter
+
+    from promptrec import metric
+    from promptrec.methods import regressor
+    from promptrec.methods.ensemble import EnsembleMethod
+    from promptrec.pipeline import ensemble_config
+
+    monkeypatch.setattr(regressor, "_SHARED_CACHES", {})
+    metric._shared_embedder.cache_clear()  # a fresh metric embedder: its memo starts empty
+    regressor._pretrained.cache_clear()
+    encoded, embedded, loads = [], [], []
+    encode, encode_uncached, load = (regressor.FrozenEncoder.encode, metric.Embedder.encode_uncached,
+                                     regressor.FrozenEncoder._load)
+    monkeypatch.setattr(regressor.FrozenEncoder, "encode", lambda self, texts, on_batch=None: encoded.extend(
+        (self.max_length, t) for t in texts) or encode(self, texts, on_batch))
+    monkeypatch.setattr(regressor.FrozenEncoder, "_load", lambda self: loads.append(self.max_length) or load(self))
+    monkeypatch.setattr(metric.Embedder, "encode_uncached",
+                        lambda self, texts, progress=False: embedded.extend(texts) or encode_uncached(self, texts, progress))
+    embedder = str(tiny_bert_embedder)
+    options = {"regressor": dict(backbone=str(tiny_bert), embedder=embedder, max_length=32, head_tokens=4, multiplier=1,
+                                 epochs=1, batch_size=8, cache_dir=str(tmp_path / "cache"), feature_cache=disk_cache),
+               **{label: {"embedder": embedder} for label in ("best", "bank", "evidence", "ensemble")}}
+    rows = _pairs(18).assign(source=["a.csv"] * 6 + ["b.csv"] * 6 + ["c.csv"] * 6)  # three sources: 3 inner folds
+    method = EnsembleMethod(ensemble_config(None, options))
+    method.fit(rows)
+    assert method.gate is not None
+    texts = set(rows.original_text) | set(rows.rewritten_text)
+    assert Counter(encoded) == Counter({(32, t): 1 for t in texts} | {(4, t): 1 for t in set(rows.rewritten_text)})
+    assert sorted(loads) == [4, 32] and regressor._pretrained.cache_info().misses == 1  # both blocks: one model
+    assert embedded and max(Counter(embedded).values()) == 1
+    metric._shared_embedder.cache_clear()  # later tests start from a fresh embedder too

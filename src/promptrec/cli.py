@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -16,6 +17,9 @@ from rich.text import Text
 from promptrec.data import DataError
 from promptrec.generate import GenerateConfig
 from promptrec.optimize import OptimizeConfig
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 app = typer.Typer(
     help="LLM prompt recovery: recover the rewrite prompt from an original and a rewritten text.",
@@ -94,6 +98,38 @@ def _build_method(name: str, config: Optional[Path], settings: list[str], saved:
     return from_name(name, **values)
 
 
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars (shown only when stderr is a terminal)")]
+
+
+@contextmanager
+def _progress_bars(quiet: bool) -> Iterator[None]:
+    """Rich bars with ETA on stderr for the steps the library reports (`promptrec.progress`); none with `quiet` or
+    when stderr is not a terminal, so piped and logged output stays plain lines."""
+    from promptrec.progress import showing
+
+    if quiet or not err.is_terminal:
+        yield
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    # Result lines on a terminal stdout go above the bars; a redirected stdout keeps them.
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=err, speed_estimate_period=600,
+                    redirect_stdout=out.is_terminal)
+    tasks: dict[str, tuple[TaskID, int]] = {}  # task name -> (bar, units done)
+
+    def show(task: str, done: int, total: int | None, detail: str) -> None:
+        if task not in tasks:
+            tasks[task] = (bars.add_task(task, total=total), done)
+        elif done < tasks[task][1]:  # the task runs again (the next cv fold's fit): restart its clock
+            bars.reset(tasks[task][0], total=total)
+        tasks[task] = (tasks[task][0], done)
+        bars.update(tasks[task][0], completed=done, total=total, description=f"{task} {detail}".rstrip())
+
+    with bars, showing(show):
+        yield
+
+
 @app.command()
 def clean(
     src: Annotated[Path, typer.Argument(help="table with a rewritten_text column")],
@@ -153,13 +189,15 @@ def recover(
     examples: Annotated[Optional[Path], typer.Option(help="triples to fit the method on before recovering")] = None,
     config: ConfigFile = None,
     setting: MethodSet = [],
+    quiet: Quiet = False,
 ) -> None:
     """Recover one prompt per row and write `id,rewrite_prompt` (never blank, input order)."""
     from promptrec.methods.base import load_method
     from promptrec.pipeline import recover as run
 
     chosen = load_method(model) if model else _build_method(method, config, setting)
-    rows = run(test, output, chosen, examples=examples)
+    with _progress_bars(quiet):
+        rows = run(test, output, chosen, examples=examples)
     say(f"wrote {rows} prompts -> {output} (method {chosen.name})")
 
 
@@ -196,13 +234,15 @@ def train(
     setting: MethodSet = [],
     start: Annotated[Optional[Path], typer.Option("--from", help="a folder this method was saved in by `train`: "
                                                   "train that fit further (its options, then --config, --set)")] = None,
+    quiet: Quiet = False,
 ) -> None:
     """Train ONE method on triples and save it (JSON config + safetensors/npy, never pickle); re-run the same
     command to continue an interrupted training from its checkpoint in OUTPUT.partial; `--from MODEL --set
     max_steps=N` trains a finished lora fit on to N updates."""
     from promptrec.pipeline import train as run
 
-    rows = run(_build_method(method, config, setting, saved=start), data, output, start=start)
+    with _progress_bars(quiet):
+        rows = run(_build_method(method, config, setting, saved=start), data, output, start=start)
     say(f"trained {method} on {rows} rows -> {output}")
 
 
@@ -264,13 +304,15 @@ def cv(
     seed: Annotated[int, typer.Option(help="seed of the folds and the subsample")] = 0,
     config: LabelConfig = None,
     setting: LabelSet = [],
+    quiet: Quiet = False,
 ) -> None:
     """Cross-validate methods on leak-free folds and write a report folder; reruns reuse finished folds."""
     from promptrec.cv import CVSettings, run_cv
     from promptrec.report import summary
 
-    result = run_cv(data, methods.split(","), output, _labelled_options(config, setting),
-                    CVSettings(folds=folds, seed=seed, limit=limit, by=by), embedder, log=say)
+    with _progress_bars(quiet):
+        result = run_cv(data, methods.split(","), output, _labelled_options(config, setting),
+                        CVSettings(folds=folds, seed=seed, limit=limit, by=by), embedder, log=say)
     over = f"{len(result.folds.names)} {result.folds.unit}"
     for label, row in summary(result).iterrows():
         say(f"{label}: {row['mean']:.4f} ± {row['std']:.4f} over {over} [{result.label}, {int(row['rows'])} rows]")
@@ -320,11 +362,13 @@ def fit(
                                 "with a learned gate)")] = None,
     config: LabelConfig = None,
     setting: LabelSet = [],
+    quiet: Quiet = False,
 ) -> None:
     """Train EVERY member method AND the ensemble over them, saved in one folder (--set ensemble.mode=select)."""
     from promptrec.pipeline import fit_ensemble
 
-    ensemble = fit_ensemble(data, output, methods.split(",") if methods else None, _labelled_options(config, setting))
+    with _progress_bars(quiet):
+        ensemble = fit_ensemble(data, output, methods.split(",") if methods else None, _labelled_options(config, setting))
     say(f"saved ensemble ({ensemble.config.mode}; members {', '.join(ensemble.members)}) -> {output}")
 
 

@@ -25,6 +25,7 @@ from promptrec.data import (
 from promptrec.methods.base import (
     Composite, Method, check_options, checkpoint_beside, config_from_dict, method_class, never_blank, parse_members,
 )
+from promptrec.progress import Steps
 from promptrec.report import FOLD, METHOD, PREDICTION, SCORE, write_report
 from promptrec.splits import group_folds, scored_rows, source_folds
 
@@ -180,6 +181,7 @@ def run_cv(data: list[str | Path], methods: list[str], output: str | Path,
     wanted = {key for spec in specs for key in spec.members.values()}
     ordered = sorted(specs, key=lambda s: bool(s.members))
     oof, timings = [], []
+    steps = Steps("cv", len(folds.names) * len(ordered))
     for fold, fold_name in enumerate(folds.names):
         train = table[folds.of != fold].reset_index(drop=True)
         rows = scored_rows(folds.of, fold, settings.limit, settings.seed)
@@ -191,6 +193,7 @@ def run_cv(data: list[str | Path], methods: list[str], output: str | Path,
             ident = json.dumps([spec.key, fold, *scheme, digest, embedder.label])
             part = output / "parts" / f"{spec.label}-fold{fold}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}.json"
             cached = part.is_file()
+            steps.advance(0, f"fold {fold + 1}/{len(folds.names)} {spec.label}")
             if cached:
                 record = json.loads(part.read_text(encoding="utf-8"))
             else:
@@ -216,6 +219,7 @@ def run_cv(data: list[str | Path], methods: list[str], output: str | Path,
                 log(f"fold {fold + 1}/{len(folds.names)}{held} {spec.label}: {np.mean(record['scores']):.4f} "
                     f"[{embedder.label}, {len(rows)} rows] fit {record['fit_seconds']:.1f} s, "
                     f"predict {record['predict_seconds']:.1f} s{' (cached)' if cached else ''}")
+            steps.advance(1, f"fold {fold + 1}/{len(folds.names)} {spec.label}")
     order = [spec.label for spec in specs]
     frame = pd.concat(oof, ignore_index=True)
     frame[METHOD] = pd.Categorical(frame[METHOD], categories=order, ordered=True)

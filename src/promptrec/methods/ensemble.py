@@ -20,6 +20,7 @@ from promptrec.methods.base import (
 )
 from promptrec.methods.gate import Gate, gate_features, pair_change, words
 from promptrec.metric import sharpen
+from promptrec.progress import Steps
 from promptrec.splits import group_folds, scored_rows, source_folds
 from promptrec.vectors import unit_rows
 
@@ -104,14 +105,17 @@ class EnsembleMethod(UsesEmbedder):
 
     def fit(self, triples: pd.DataFrame) -> None:
         """Fit every member not given prefit (timed); learn the gate (gate mode) and the suffix if asked."""
-        self.gate = self.fit_gate(triples) if self.config.mode == "gate" else None
+        steps = Steps("fit", sum(label not in self.prefit for label in self.members))  # the gate adds its folds
+        self.gate = self.fit_gate(triples, steps) if self.config.mode == "gate" else None
         for label, member in self.members.items():
             if label in self.prefit:
                 continue
+            steps.advance(0, label)
             start = time.perf_counter()
             member.fit(triples)
             self.fit_seconds[label] = time.perf_counter() - start
             log.info("fitted %s in %.1f s", label, self.fit_seconds[label])
+            steps.advance(1, label)
         self.learned_suffix = None
         if self.config.suffix_steps > 0:
             from promptrec.optimize import OptimizeConfig, optimize_prompts
@@ -119,22 +123,28 @@ class EnsembleMethod(UsesEmbedder):
             search = OptimizeConfig(steps=self.config.suffix_steps, seconds=self.config.suffix_seconds, seed=self.config.seed)
             self.learned_suffix = optimize_prompts(triples[PROMPT].tolist(), self.embedder, config=search).result.text
 
-    def fit_gate(self, triples: pd.DataFrame) -> Gate:
+    def fit_gate(self, triples: pd.DataFrame, steps: Steps | None = None) -> Gate:
         """The gate, trained on members' out-of-fold predictions: fresh members fitted on inner folds (one per source
-        when `triples` has a `source` column naming several, else grouped by original text) predict the rest."""
+        when `triples` has a `source` column naming several, else grouped by original text) predict the rest.
+        `steps` counts one step per member and inner fold."""
         triples = triples.reset_index(drop=True)
         if SOURCE in triples and triples[SOURCE].nunique() > 1:
             fold_of, _ = source_folds(triples[SOURCE].tolist(), triples[ORIGINAL].tolist())
         else:
             fold_of = group_folds(triples[ORIGINAL].tolist(), self.config.gate_folds, self.config.seed)
         held, predictions, references = [], {label: [] for label in self.members}, []
+        steps = steps or Steps("fit", 0)
+        steps.total = (steps.total or 0) + len(self.members) * (int(fold_of.max()) + 1)
         for fold in range(int(fold_of.max()) + 1):
             rows = scored_rows(fold_of, fold, self.config.gate_rows, self.config.seed)
             train, pairs = triples[fold_of != fold], triples.iloc[rows].reset_index(drop=True)
             members = {label: from_name(name, **self.config.member_config.get(label, {})) for label, name in self.config.specs()}
             for label, member in members.items():
+                where = f"gate fold {fold + 1}/{int(fold_of.max()) + 1} {label}"
+                steps.advance(0, where)
                 member.fit(train)
                 predictions[label] += list(member.predict(pairs))
+                steps.advance(1, where)
             references.append(self._reference(members, pairs))
             held.append(rows)
             log.info("gate: inner fold %d of %d predicted (%d rows)", fold + 1, int(fold_of.max()) + 1, len(rows))

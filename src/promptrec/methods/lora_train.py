@@ -20,6 +20,7 @@ from promptrec.data import ORIGINAL, PROMPT, REWRITTEN
 from promptrec.llm.hf import bf16_default, infer_autocast, load_causal_lm, load_tokenizer
 from promptrec.methods.lora_template import IGNORE, encode_example
 from promptrec.metric import text_digest
+from promptrec.progress import Steps
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,8 @@ def train(method, train_rows: pd.DataFrame, held: pd.DataFrame) -> None:
         if accelerator.is_main_process:
             log.info(f"lora: {'continuing' if start else 'resuming'} from {start or folder} at update "
                      f"{progress.updates} of {total}")
+    updates = Steps("train", total)
+    updates.advance(progress.updates, "lora updates")
 
     def save_checkpoint() -> None:
         """Write the full training state (main process only; the others hold the same)."""
@@ -245,6 +248,7 @@ def train(method, train_rows: pd.DataFrame, held: pd.DataFrame) -> None:
             progress.updates += 1
             if method.on_update:
                 method.on_update(progress.updates, total)
+            updates.advance(1, "lora updates")
             if progress.updates >= total:
                 break
             if cfg.eval_steps and progress.updates % cfg.eval_steps == 0 and evaluate():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write
 from promptrec.methods.bank import BANK_TEXTS, PromptBank, build_bank, check_dim
 from promptrec.methods.base import UsesEmbedder, check_view, load_saved, safe_child, save_config, text_view
 from promptrec.models import cache_dir, load_pretrained, pick_device, resolve_model
+from promptrec.progress import Steps
 from promptrec.vectors import direction, unit_rows
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,27 @@ def _text_key(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 
+@lru_cache(maxsize=4)
+def _pretrained(source: str, device: str, weights: tuple[str, ...]):
+    """(tokenizer, model) of `source` on `device`, loaded once per process and version of its `weights` (their
+    `_weight_stamps`): the regressor's full-text and head-token blocks share one encoder."""
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source), load_pretrained(AutoModel, source).to(device).eval()
+    except OSError as err:
+        raise DataError(f"cannot load encoder '{source}' ({str(err).splitlines()[0]})") from None
+
+
+def _weight_stamps(source: str) -> tuple[str, ...]:
+    """`name:size:mtime` of each weight file when `source` is a folder (a rewritten file is another model)."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return ()
+    files = sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")])
+    return tuple(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in files)
+
+
 class FrozenEncoder:
     """A pretrained encoder read-only: per text, mean-pooled hidden layers side by side (len(layers) * H)."""
 
@@ -115,9 +138,7 @@ class FrozenEncoder:
         if folder.is_dir():
             config = folder / "config.json"
             parts.append(config.read_text(encoding="utf-8") if config.is_file() else "")
-            for weights in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]):
-                stat = weights.stat()
-                parts.append(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}")
+            parts.extend(_weight_stamps(self.source))
         return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
 
     def initializer_range(self) -> float:
@@ -127,16 +148,11 @@ class FrozenEncoder:
         return float(getattr(AutoConfig.from_pretrained(self.source), "initializer_range", 0.02))
 
     def _load(self) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        self._tokenizer, self._model = _pretrained(self.source, self.device, _weight_stamps(self.source))
 
-        try:
-            self._tokenizer = AutoTokenizer.from_pretrained(self.source)
-            self._model = load_pretrained(AutoModel, self.source).to(self.device).eval()
-        except OSError as err:
-            raise DataError(f"cannot load encoder '{self.source}' ({str(err).splitlines()[0]})") from None
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """(n, len(layers) * H) float32: masked means of the chosen hidden layers, side by side."""
+    def encode(self, texts: list[str], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """(n, len(layers) * H) float32: masked means of the chosen hidden layers, side by side; `on_batch(size)` is
+        called after each batch (progress)."""
         import torch
 
         if self._model is None:
@@ -155,6 +171,8 @@ class FrozenEncoder:
             features = torch.cat(pooled, dim=1).cpu().numpy()  # (b, len(layers) * H)
             for i, row in zip(chunk, features):
                 rows[i] = row
+            if on_batch:
+                on_batch(len(chunk))
         return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -202,9 +220,10 @@ class FeatureCache:
         keys = [_text_key(t) for t in texts]
         missing = list(dict.fromkeys(k for k in keys if k not in self.store))
         text_of = dict(zip(keys, texts))
+        steps = Steps("encode", len(missing), f"regressor features ({self.encoder.max_length} tokens)")
         for start in range(0, len(missing), SHARD_TEXTS):  # one shard per chunk: an interrupted run resumes
             chunk = missing[start : start + SHARD_TEXTS]
-            fresh = self.encoder.encode([text_of[k] for k in chunk])  # (chunk, F)
+            fresh = self.encoder.encode([text_of[k] for k in chunk], steps.advance)  # (chunk, F)
             self.store.update(zip(chunk, fresh))
             self.encoded += len(chunk)
             if self.folder:
@@ -215,6 +234,20 @@ class FeatureCache:
         """(n, 2F): original-text features then rewritten-text features, per row."""
         per_text = self.features(pair_texts(pairs))  # (2n, F)
         return np.concatenate([per_text[: len(pairs)], per_text[len(pairs) :]], axis=1)
+
+
+# One cache per encoder identity, device and cache folder in a process: the gate's inner folds, the final fit and
+# cv's folds build fresh regressors over the same texts, which would otherwise load the encoder and read every
+# shard again (or, with the disk cache off, encode every text again) each time.
+_SHARED_CACHES: dict[tuple[str, str, str], FeatureCache] = {}
+
+
+def shared_cache(encoder: FrozenEncoder, folder: Path | None) -> FeatureCache:
+    """The process's `FeatureCache` for `encoder`'s features under `folder` (None: in memory only), built on first use."""
+    key = (encoder.identity, encoder.device, str(folder or ""))
+    if key not in _SHARED_CACHES:
+        _SHARED_CACHES[key] = FeatureCache(encoder, folder)
+    return _SHARED_CACHES[key]
 
 
 def pair_block(concat: np.ndarray, pair: str) -> np.ndarray:
@@ -364,7 +397,7 @@ class RegressorMethod(UsesEmbedder):
     def _new_cache(self, max_length: int) -> FeatureCache:
         encoder = FrozenEncoder(self.config.backbone, max_length, self.device, self.config.encode_batch_size,
                                 self.config.amp, self.config.layers)
-        return FeatureCache(encoder, cache_dir(self.config.cache_dir) if self.config.feature_cache else None)
+        return shared_cache(encoder, cache_dir(self.config.cache_dir) if self.config.feature_cache else None)
 
     @property
     def cache(self) -> FeatureCache:
