@@ -24,7 +24,6 @@ import pandas as pd
 from promptrec.data import REWRITTEN, DataError, atomic_write
 
 if TYPE_CHECKING:
-    from promptrec.methods.bank import PromptBank
     from promptrec.methods.gate import Gate
     from promptrec.metric import Embedder
 
@@ -129,7 +128,7 @@ class UsesEmbedder(Protocol):
 class SearchesBank(Protocol):
     """A method that predicts by searching a prompt bank (bank, regressor)."""
 
-    bank: PromptBank | None
+    bank: Any  # a methods.bank.PromptBank, or None before fit (named, not imported: bank imports this module)
 
     def bank_queries(self, pairs: pd.DataFrame) -> np.ndarray:
         """(n, dim) the queries `predict` searches the bank with."""
