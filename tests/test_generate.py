@@ -191,6 +191,13 @@ def test_bad_n_is_one_line(tmp_path, sources):
         generate_triples(*sources, tmp_path / "o.csv", GenerateConfig(n=0), generator=FakeRewriter())
 
 
+def test_a_rewriter_that_does_not_load_leaves_no_journal(tmp_path, sources):
+    out = tmp_path / "o.csv"
+    with pytest.raises(DataError, match="no such GGUF file"):
+        generate_triples(*sources, out, GenerateConfig(n=2, rewriter=str(tmp_path / "absent.gguf")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.json", "texts.csv"]  # no o.csv.partial
+
+
 # --- the real thing: a CLI run stopped by Ctrl-C, then by kill -9, then finished ---------------------
 
 N_ROWS = 40

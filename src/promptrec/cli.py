@@ -417,6 +417,7 @@ def generate(
     text_column: Annotated[str, typer.Option(help="column of --texts when it is a table")] = GENERATE.text_column,
     prompt_column: Annotated[str, typer.Option(help="column of --prompts when it is a table")] = GENERATE.prompt_column,
     setting: Annotated[list[str], typer.Option("--set", help="backend option key=value, e.g. quant=q4_0, n_threads=2, device=cuda (repeatable)")] = [],
+    quiet: Quiet = False,
 ) -> None:
     """Make training triples with a rewriter LLM; re-run the same command to resume an interrupted run."""
     from rich.progress import (
@@ -437,7 +438,8 @@ def generate(
     )
     columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
-    progress = Progress(*columns, console=err, speed_estimate_period=600)  # batches can take minutes
+    progress = Progress(*columns, console=err, speed_estimate_period=600,  # batches can take minutes
+                        disable=quiet or not err.is_terminal)
     task = progress.add_task("generate", total=n)
     started: list[int] = []
 

@@ -252,8 +252,12 @@ def generate_triples(
                 if on_progress:
                     on_progress(min(kept, config.n), config.n)
         _finish(journal, out, config, generator, summary)
-    finally:
+    except BaseException:
         journal.close()
+        if not journal.records:  # failed before any attempt (e.g. the rewriter did not load): nothing to resume
+            shutil.rmtree(journal.folder, ignore_errors=True)
+        raise
+    journal.close()
     summary.seconds = time.perf_counter() - start
     return summary
 
