@@ -232,21 +232,24 @@ def _cpu_check(features: list[str]) -> list[str]:
     if not features:
         return []
     return [
-        f'need="{" ".join(features)}"',
-        "have=\" $(grep -m1 '^flags' \"${CPUINFO:-/proc/cpuinfo}\" 2>/dev/null | cut -d: -f2) \"",
-        'missing=""',
-        'for f in $need; do case "$have" in *" $f "*) ;; *) missing="$missing $f";; esac; done',
-        'if [ -n "$missing" ]; then echo "install.sh: this CPU lacks$missing, which the bundled llama.cpp build '
+        'CPUINFO="${CPUINFO:-/proc/cpuinfo}"',
+        'if [ -r "$CPUINFO" ]; then  # Linux: the flags the CPU advertises (elsewhere there is no such file to read)',
+        f'  need="{" ".join(features)}"',
+        "  have=\" $(grep -m1 '^flags' \"$CPUINFO\" | cut -d: -f2) \"",
+        '  missing=""',
+        '  for f in $need; do case "$have" in *" $f "*) ;; *) missing="$missing $f";; esac; done',
+        '  if [ -n "$missing" ]; then echo "install.sh: this CPU lacks$missing, which the bundled llama.cpp build '
         'needs; bundle again on a machine like this one" >&2; exit 1; fi',
+        'fi',
     ]
 
 
-def _install_script(commands: list[str], features: list[str] = ()) -> str:
+def _install_script(commands: list[str], features: list[str] | None = None) -> str:
     """install.sh: the install `commands` run by $PYTHON (default python3) from the bundle folder, after checking
     the CPU has the `features` the bundled llama.cpp build needs."""
     lines = ["#!/bin/sh", "# Install promptrec from this folder with no network; run it with the target venv active",
              "# (or PYTHON=/path/to/venv/bin/python sh install.sh).", "set -eu", 'cd "$(dirname "$0")"',
-             'PYTHON="${PYTHON:-python3}"', *_cpu_check(list(features))]
+             'PYTHON="${PYTHON:-python3}"', *_cpu_check(features or [])]
     lines += [command.replace("python -m pip", '"$PYTHON" -m pip', 1) for command in commands]
     lines += [f'echo "installed; recover from this folder with: {RECOVER}"']
     return "\n".join(lines) + "\n"
