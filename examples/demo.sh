@@ -23,5 +23,5 @@ stage score "$BIN/promptrec" score "$OUT/submission.csv" examples/test.csv --emb
     --per-row "$OUT/scores.csv"
 stage cv "$BIN/promptrec" cv "$OUT/train.csv" -m best=constant,bank,regressor,evidence --set best.select=true \
     --set bank.query=direction --folds 3 -o "$OUT/cv"
-stage bench "$BIN/promptrec" bench recover --model "$OUT/models" --data examples/test.csv
+stage bench "$BIN/promptrec" bench recover --model "$OUT/models" --data examples/test.csv --rows 12
 echo "total: $SECONDS s; submission $OUT/submission.csv, CV report $OUT/cv/report.md"
