@@ -20,23 +20,30 @@ def timed_recover(pairs, method, folder: Path) -> float:
     return time.perf_counter() - start
 
 
+def sizes(text: str) -> list[int]:
+    """`300,2000` -> [300, 2000]: positive row counts (argparse turns a ValueError into one usage line)."""
+    counts = [int(part) for part in text.split(",")]
+    if any(count < 1 for count in counts):
+        raise ValueError(text)
+    return counts
+
+
 def main() -> None:
     """Warm the models on a few rows, time `recover` on each size (disjoint rows, so nothing is embedded twice),
     then each member's predict on the largest set again (warm: its texts already embedded)."""
     parser = argparse.ArgumentParser(prog="promptrec bench recover")
     parser.add_argument("--model", default="out/demo/models", help="a folder saved by `promptrec fit` (make demo writes one)")
     parser.add_argument("--data", default="examples/test.csv", help="pairs to recover")
-    parser.add_argument("--rows", default="300,2000", help="sizes to time, comma-separated (capped by --data)")
+    parser.add_argument("--rows", type=sizes, default="300,2000", help="sizes to time, comma-separated (capped by --data)")
     parser.add_argument("--warmup", type=int, default=8, help="rows recovered first to load the models (not timed)")
     args, _ = parser.parse_known_args()
-    sizes = [int(size) for size in args.rows.split(",")]
     pairs = read_table(args.data, PAIR_COLUMNS)
     method = load_method(args.model)
     print(f"recover with {args.model} ({method.name}) on rows of {args.data} ({len(pairs)} rows)")
     with tempfile.TemporaryDirectory() as tmp:
         timed_recover(pairs.head(args.warmup), method, Path(tmp))
         start, rates, last = args.warmup, [], pairs.head(0)
-        for size in sizes:
+        for size in args.rows:
             chosen = pairs.iloc[start : start + size]
             if chosen.empty:
                 print(f"  {size:>6} rows: none left in {args.data}")
