@@ -101,13 +101,17 @@ def _build_method(name: str, config: Optional[Path], settings: list[str], saved:
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars (shown only when stderr is a terminal)")]
 
 
+def _bars_shown(quiet: bool) -> bool:
+    """Progress bars only on a terminal stderr and without --quiet: piped and logged output stays plain lines."""
+    return not quiet and err.is_terminal
+
+
 @contextmanager
 def _progress_bars(quiet: bool) -> Iterator[None]:
-    """Rich bars with ETA on stderr for the steps the library reports (`promptrec.progress`); none with `quiet` or
-    when stderr is not a terminal, so piped and logged output stays plain lines."""
+    """Rich bars with ETA on stderr for the steps the library reports (`promptrec.progress`), where `_bars_shown`."""
     from promptrec.progress import showing
 
-    if quiet or not err.is_terminal:
+    if not _bars_shown(quiet):
         yield
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -439,7 +443,7 @@ def generate(
     columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
     progress = Progress(*columns, console=err, speed_estimate_period=600,  # batches can take minutes
-                        disable=quiet or not err.is_terminal)
+                        disable=not _bars_shown(quiet))
     task = progress.add_task("generate", total=n)
     started: list[int] = []
 

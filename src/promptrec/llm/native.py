@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import lru_cache
 from pathlib import Path
 
 VERSION = "0.3.36"  # llama-cpp-python, as pinned in constraints.txt
@@ -56,6 +57,7 @@ def _accepts(flags: tuple[str, ...]) -> bool:
     return run.returncode == 0
 
 
+@lru_cache(maxsize=1)
 def compiler_flags() -> tuple[str, ...]:
     """Flags added to `-march=native`: AMX off on x86-64 where the compiler knows AMX."""
     x86 = platform.machine().lower() in ("x86_64", "amd64")
@@ -71,16 +73,17 @@ def cmake_args() -> list[str]:
     return args
 
 
-def build_features() -> list[str]:
+@lru_cache(maxsize=1)
+def build_features() -> tuple[str, ...]:
     """The CPU flags (as /proc/cpuinfo names them) that code built with `-march=native` and our flags may use."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return []
+        return ()
     run = subprocess.run(
         [_compiler(), "-march=native", *compiler_flags(), "-dM", "-E", "-x", "c", os.devnull],
         capture_output=True, text=True,
     )
     macros = {line.split()[1] for line in run.stdout.splitlines() if line.startswith("#define ")}
-    return sorted(flag for macro, flag in _ISA_FLAGS.items() if macro in macros)
+    return tuple(sorted(flag for macro, flag in _ISA_FLAGS.items() if macro in macros))
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
@@ -95,12 +98,13 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
     return set()
 
 
+@lru_cache(maxsize=1)
 def _compiler_version() -> str:
     run = subprocess.run([_compiler(), "--version"], capture_output=True, text=True)
     return run.stdout.splitlines()[0] if run.stdout else ""
 
 
-def build_key(args: list[str], features: list[str]) -> str:
+def build_key(args: list[str], features: tuple[str, ...] | list[str]) -> str:
     """A short hash of everything the built wheel depends on besides the Python tag in its file name."""
     parts = [VERSION, *args, _compiler_version(), *features, platform.machine()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
