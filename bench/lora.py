@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, TRIPLE_COLUMNS, read_table
-from promptrec.llm.hf import infer_autocast
+from promptrec.models import bf16_autocast
 from promptrec.methods.lora import LoraConfig, LoraMethod
 from promptrec.models import quiet_libraries, set_threads
 
@@ -53,7 +53,7 @@ def main() -> None:
     print(f"train: {args.steps} updates x batch {method.config.batch_size}: {tokens_per_s:.0f} tokens/s")
 
     pairs = _rows(args.rows)
-    default_bf16 = infer_autocast(None, "cpu")
+    default_bf16 = bf16_autocast(None, "cpu")
     results = {}
     for bf16 in (False, True):
         method.config.infer_bf16 = bf16

@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 import pandas as pd
 
 from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN, TRIPLE_COLUMNS, read_table
-from promptrec.llm.hf import infer_autocast
+from promptrec.models import bf16_autocast
 from promptrec.methods import lora_train
 from promptrec.methods.lora import LoraConfig, LoraMethod
 from promptrec.methods.lora_template import encode_example
@@ -165,7 +165,7 @@ def main() -> None:
     logging.getLogger("promptrec.methods.lora_train").setLevel(logging.WARNING)  # the table says it all
     lora_train.load_causal_lm = _cached(lora_train.load_causal_lm)  # model loading is not what is timed
     train, held = _rows(args.rows, args.held)
-    native = infer_autocast(None, "cpu")
+    native = bf16_autocast(None, "cpu")
     old = dict(options=dict(bucket=False, bf16=False, attention="sdpa", seed=args.seed),
                patches=dict(batch_loss=_full_logits_loss, adamw=_looped_adamw))
     new = dict(options=dict(seed=args.seed), patches={})

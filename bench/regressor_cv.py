@@ -44,6 +44,10 @@ class MemoEmbedder:
             self.rows.update(zip(fresh, self.embedder.encode(fresh)))
         return np.stack([self.rows[t] for t in texts]) if texts else np.zeros((0, self.dim), dtype=np.float32)
 
+    def encode_texts(self, texts) -> np.ndarray:
+        """Long texts through the wrapped embedder's own path (it keeps them once per process)."""
+        return self.embedder.encode_texts(texts)
+
 
 def main() -> None:
     """Run the folds and print one line per method and fold, then the means."""

@@ -33,6 +33,8 @@ class AxisEmbedder:
                 rows[i] = 0.5
         return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
+    encode_texts = encode  # long texts take the same path here
+
 
 def _bank(prompts):
     return PromptBank.build(prompts, AxisEmbedder())

@@ -34,6 +34,8 @@ class BagOfWords:
                 emb[row, self.vocab.setdefault(word, len(self.vocab) % self.dim)] += 1.0
         return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
+    encode_texts = encode  # long texts take the same path here
+
 
 HAND_WRITTEN = [  # rewrite -> (kind, phrase, span, core, cue)
     ("Sure, here's the text rewritten as a gamer's guide:\n\nLevel 1: the forest.",

@@ -21,6 +21,7 @@ from promptrec.llm import hf
 from promptrec.llm.templates import ELLIPSIS
 from promptrec.methods import lora, lora_template, lora_train
 from promptrec.methods.base import FALLBACK_PROMPT, from_name, load_config_file, load_method
+from promptrec.models import bf16_autocast
 
 TRIPLES = pd.DataFrame({
     ID: ["a", "b"],
@@ -152,11 +153,11 @@ def test_prefix_cache_and_padding_layout_change_no_generation(tiny_lm_dir, monke
 def test_bf16_inference_is_on_by_default_only_where_it_is_native(monkeypatch):
     import torch
 
-    assert hf.infer_autocast(False, "cpu") is False  # lora's infer_bf16 option, when set
-    assert hf.infer_autocast(True, "cpu") is True
+    assert bf16_autocast(False, "cpu") is False  # lora's infer_bf16 option, when set
+    assert bf16_autocast(True, "cpu") is True
     for native in (True, False):
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
-        assert hf.infer_autocast(lora.LoraConfig().infer_bf16, "cpu") is native
+        assert bf16_autocast(lora.LoraConfig().infer_bf16, "cpu") is native
 
 
 def test_batch_loss_scores_only_from_the_first_label_on_and_equals_the_models_loss(tiny_lm_dir):

@@ -18,9 +18,9 @@ from conftest import CLI_ENV, ROOT, kill_when
 
 from promptrec.data import TRIPLE_COLUMNS, DataError, read_table
 from promptrec.methods.base import PredictsEmbeddings, config_from_dict, from_name, load_config_file, load_method
+from promptrec.features import SHARD_TEXTS, FeatureCache, FrozenEncoder
 from promptrec.methods.regressor import (
-    SHARD_TEXTS, FeatureCache, FrozenEncoder, RegressorConfig, RegressorMethod, build_head, head_predict, pair_block,
-    train_head,
+    RegressorConfig, RegressorMethod, build_head, head_predict, pair_block, train_head,
 )
 
 WORDS = ("rewrite this text as a pirate poem make it formal shorter the meeting was moved to thursday "
@@ -78,7 +78,7 @@ def test_features_are_masked_means_of_last_two_layers(tiny_bert):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    encoder = FrozenEncoder(str(tiny_bert), max_length=32)
+    encoder = FrozenEncoder(str(tiny_bert), max_length=32, amp=False)  # float32 everywhere
     texts = ["make it formal", "the meeting was moved to thursday please lock the door", ""]
     features = encoder.encode(texts)
     assert features.shape == (3, 64) and features.dtype == np.float32
@@ -152,7 +152,7 @@ def test_features_of_chosen_layers_and_their_cache_key(tiny_bert):
     from transformers import AutoModel, AutoTokenizer
 
     text = "the meeting was moved to thursday"
-    chosen = FrozenEncoder(str(tiny_bert), max_length=32, layers=(-1, 0, 1))
+    chosen = FrozenEncoder(str(tiny_bert), max_length=32, amp=False, layers=(-1, 0, 1))
     features = chosen.encode([text])
     assert features.shape == (1, 96)
     tokenizer, model = AutoTokenizer.from_pretrained(tiny_bert), AutoModel.from_pretrained(tiny_bert).eval()
@@ -161,10 +161,29 @@ def test_features_of_chosen_layers_and_their_cache_key(tiny_bert):
     assert len(hidden) == 3  # embeddings + 2 layers: -1 is layer 2, 0 the embedding output
     expected = torch.cat([hidden[2][0].mean(0), hidden[0][0].mean(0), hidden[1][0].mean(0)]).numpy()
     assert np.allclose(features[0], expected, atol=1e-5)
-    default = FrozenEncoder(str(tiny_bert), max_length=32)
+    default = FrozenEncoder(str(tiny_bert), max_length=32, amp=False)
     assert default.layers == (-1, -2)
-    assert FrozenEncoder(str(tiny_bert), max_length=32, layers=[-1, -2]).identity == default.identity
-    assert chosen.identity != default.identity != FrozenEncoder(str(tiny_bert), max_length=32, layers=(-2, -1)).identity
+    assert FrozenEncoder(str(tiny_bert), max_length=32, amp=False, layers=[-1, -2]).identity == default.identity
+    assert chosen.identity != default.identity != FrozenEncoder(str(tiny_bert), max_length=32, amp=False,
+                                                                  layers=(-2, -1)).identity
+
+
+def test_bf16_features_only_on_a_native_cpu_named_in_the_cache_key_and_close_to_float32(tiny_bert, monkeypatch):
+    """Issue 24: the encoder runs under bf16 autocast where the CPU computes bf16 natively (`amp`, the default);
+    its features are another cache identity, and stay within cosine 0.999 of float32's."""
+    import torch
+
+    texts = ["the meeting was moved to thursday please lock the door", "make it formal", "a sea poem"]
+    exact = FrozenEncoder(str(tiny_bert), max_length=32, amp=False)
+    for native in (False, True):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        fast = FrozenEncoder(str(tiny_bert), max_length=32)
+        assert fast.precision == ("bf16" if native else "fp32")
+        assert (fast.identity == exact.identity) is not native  # float32's key is the one caches always had
+    fast_rows, exact_rows = fast.encode(texts), exact.encode(texts)
+    assert not np.array_equal(fast_rows, exact_rows)  # bf16 really ran
+    cosine = (fast_rows * exact_rows).sum(1) / np.linalg.norm(fast_rows, axis=1) / np.linalg.norm(exact_rows, axis=1)
+    assert cosine.min() > 0.999
 
 
 def test_pair_block_concat_and_interact():
@@ -299,7 +318,8 @@ def test_direction_weight_blends_the_bank_query(tiny_bert, tiny_bert_embedder, t
     method = _method(tiny_bert, tiny_bert_embedder, tmp_path, direction_weight=2.0)
     method.fit(pairs)
     pred = method.head_embeddings(pairs)
-    shift = method.embedder.encode(pairs.rewritten_text.tolist()) - method.embedder.encode(pairs.original_text.tolist())
+    shift = (method.embedder.encode_texts(pairs.rewritten_text.tolist())
+             - method.embedder.encode_texts(pairs.original_text.tolist()))  # the texts go through the shared pass
     expected = pred + 2.0 * shift / np.linalg.norm(shift, axis=1, keepdims=True)
     assert np.allclose(method.decode_queries(pairs, pred), expected, atol=1e-6)
     assert method.predict(pairs) == method.bank.decode(expected)
@@ -442,20 +462,20 @@ def test_gate_inner_folds_encode_each_text_once_per_process(tiny_bert, tiny_bert
     every text reaches each encoder once per process (and each encoder loads once), with or without the disk cache."""
     from collections import Counter
 
-    from promptrec import metric
-    from promptrec.methods import regressor
+    from promptrec import features, metric
     from promptrec.methods.ensemble import EnsembleMethod
     from promptrec.pipeline import ensemble_config
 
-    monkeypatch.setattr(regressor, "_SHARED_CACHES", {})
+    monkeypatch.setenv("PROMPTREC_CACHE", str(tmp_path / "default-cache"))  # the embedder's text pass keeps its own
+    monkeypatch.setattr(features, "_SHARED_CACHES", {})
     metric._shared_embedder.cache_clear()  # a fresh metric embedder: its memo starts empty
-    regressor._pretrained.cache_clear()
+    features._pretrained.cache_clear()
     encoded, embedded, loads = [], [], []
-    encode, encode_uncached, load = (regressor.FrozenEncoder.encode, metric.Embedder.encode_uncached,
-                                     regressor.FrozenEncoder._load)
-    monkeypatch.setattr(regressor.FrozenEncoder, "encode", lambda self, texts, on_batch=None: encoded.extend(
-        (self.max_length, t) for t in texts) or encode(self, texts, on_batch))
-    monkeypatch.setattr(regressor.FrozenEncoder, "_load", lambda self: loads.append(self.max_length) or load(self))
+    encode, encode_uncached, load = (features.FrozenEncoder.encode, metric.Embedder.encode_uncached,
+                                     features.FrozenEncoder._load)
+    monkeypatch.setattr(features.FrozenEncoder, "encode", lambda self, texts, on_batch=None: encoded.extend(
+        (self.source, self.max_length, t) for t in texts) or encode(self, texts, on_batch))
+    monkeypatch.setattr(features.FrozenEncoder, "_load", lambda self: loads.append(self.max_length) or load(self))
     monkeypatch.setattr(metric.Embedder, "encode_uncached",
                         lambda self, texts, progress=False: embedded.extend(texts) or encode_uncached(self, texts, progress))
     embedder = str(tiny_bert_embedder)
@@ -467,7 +487,46 @@ def test_gate_inner_folds_encode_each_text_once_per_process(tiny_bert, tiny_bert
     method.fit(rows)
     assert method.gate is not None
     texts = set(rows.original_text) | set(rows.rewritten_text)
-    assert Counter(encoded) == Counter({(32, t): 1 for t in texts} | {(4, t): 1 for t in set(rows.rewritten_text)})
-    assert sorted(loads) == [4, 32] and regressor._pretrained.cache_info().misses == 1  # both blocks: one model
+    bert, st = str(tiny_bert), str(tiny_bert_embedder)  # the regressor's backbone; the embedder's own transformer
+    assert Counter(encoded) == Counter({(bert, 32, t): 1 for t in texts} | {(bert, 4, t): 1 for t in set(rows.rewritten_text)}
+                                       | {(st, 32, t): 1 for t in texts})
+    assert sorted(loads) == [4, 32, 32] and features._pretrained.cache_info().misses == 2  # both blocks: one model
     assert embedded and max(Counter(embedded).values()) == 1
     metric._shared_embedder.cache_clear()  # later tests start from a fresh embedder too
+
+
+def test_embedder_and_regressor_share_one_encoder_pass_over_each_text(tiny_bert_embedder, tmp_path, monkeypatch):
+    """Issue 24: when the regressor's backbone is the metric embedder's own transformer (the offline default: MiniLM),
+    the embedder's vectors of originals and rewrites are the regressor's last-layer means, normalised: each text
+    goes through the encoder once in a process, not once per model; prompts and scores keep the embedder's path."""
+    from collections import Counter
+
+    from promptrec import features, metric
+    from promptrec.methods.ensemble import EnsembleMethod
+    from promptrec.pipeline import ensemble_config
+
+    monkeypatch.setenv("PROMPTREC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(features, "_SHARED_CACHES", {})
+    metric._shared_embedder.cache_clear()
+    encoded, embedded = [], []
+    encode, encode_uncached = features.FrozenEncoder.encode, metric.Embedder.encode_uncached
+    monkeypatch.setattr(features.FrozenEncoder, "encode", lambda self, texts, on_batch=None: encoded.extend(
+        (self.max_length, t) for t in texts) or encode(self, texts, on_batch))
+    monkeypatch.setattr(metric.Embedder, "encode_uncached",
+                        lambda self, texts, progress=False: embedded.extend(texts) or encode_uncached(self, texts, progress))
+    shared = str(tiny_bert_embedder)
+    options = {"regressor": dict(backbone=shared, embedder=shared, max_length=32, head_tokens=4, multiplier=1, epochs=1,
+                                 batch_size=8), **{label: {"embedder": shared} for label in ("best", "bank", "evidence", "ensemble")}}
+    rows = _pairs(18).assign(source=["a.csv"] * 6 + ["b.csv"] * 6 + ["c.csv"] * 6)
+    EnsembleMethod(ensemble_config(None, options)).fit(rows)
+    texts = set(rows.original_text) | set(rows.rewritten_text)
+    assert Counter(encoded) == Counter({(32, t): 1 for t in texts} | {(4, t): 1 for t in set(rows.rewritten_text)})
+    assert not texts & set(embedded)  # the embedder's own model only read prompts
+    embedder = metric.load_embedder(shared)
+    sample = sorted(texts)[:5]
+    through_pass = embedder.encode_texts(sample)
+    block = embedder.text_features.features(sample)[:, :32]
+    assert np.allclose(through_pass, block / np.linalg.norm(block, axis=1, keepdims=True), atol=1e-6)
+    own = embedder.encode_uncached(sample)  # the SentenceTransformer itself, float32
+    assert (through_pass * own).sum(1).min() > 0.999
+    metric._shared_embedder.cache_clear()

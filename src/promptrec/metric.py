@@ -53,10 +53,13 @@ def _sentencepiece_of(model):
 class Embedder:
     """A SentenceTransformer that returns L2-normalised rows and names itself in every score."""
 
-    def __init__(self, model, label: str, batch_size: int = 64, memo_size: int = 200_000):
+    def __init__(self, model, label: str, batch_size: int = 64, memo_size: int = 200_000, text_features=None):
         self.model = model
         self.label = label
         self.batch_size = batch_size
+        # `features.sentence_features` of this model, when it has one: long texts go through the encoder pass the
+        # regressor shares (and its precision); prompts and scores never do.
+        self.text_features = text_features
         # Texts embedded before, kept in memory: cv, the gate's inner folds and several members embed the same
         # originals, rewrites and prompts again and again. Oldest entries go first once `memo_size` is reached.
         self.memo: dict[str, np.ndarray] = {}
@@ -92,6 +95,15 @@ class Embedder:
         rows = np.stack([self.memo[text] for text in unique]) if len(unique) else np.zeros((0, self.dim), np.float32)
         return rows[inverse]
 
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, dim) unit rows of long texts (originals, rewrites) read as features: through the pass the regressor
+        shares when the model allows it (bf16 on a CPU that computes it natively: cosine to float32 ~0.99998),
+        else `encode`. Scores never come from here."""
+        if self.text_features is None:
+            return self.encode(texts)
+        features = self.text_features.features([str(t) for t in texts])[:, : self.dim]  # (n, H): the last layer's mean
+        return (features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
     def encode_uncached(self, texts: list[str], progress: bool = False) -> np.ndarray:
         """(n, dim) float32 unit rows of `texts`, computed now."""
         if self.sentencepiece is not None:
@@ -126,8 +138,12 @@ def load_embedder(spec: str = "proxy", device: str | None = None) -> Embedder:
 def _shared_embedder(spec: str, source: str, device: str | None) -> Embedder:
     from sentence_transformers import SentenceTransformer
 
+    from promptrec.features import sentence_features
+
     if spec == "proxy":
-        return Embedder(SentenceTransformer(str(proxy_embedder_path()), device=device or "cpu"), PROXY_LABEL)
+        folder = proxy_embedder_path()
+        model = SentenceTransformer(str(folder), device=device or "cpu")
+        return Embedder(model, PROXY_LABEL, text_features=sentence_features(model, folder, device or "cpu"))
     if spec == "official":
         try:
             model = SentenceTransformer(source, device=device)
@@ -141,7 +157,8 @@ def _shared_embedder(spec: str, source: str, device: str | None) -> Embedder:
     if not (path / "modules.json").is_file():
         raise DataError(f"{path}: not a SentenceTransformer folder (no modules.json); use official, proxy or a folder")
     label = OFFICIAL_LABEL if path.name == "sentence-t5-base" else f"local ({path})"
-    return Embedder(SentenceTransformer(str(path), device=device or "cpu"), label)
+    model = SentenceTransformer(str(path), device=device or "cpu")
+    return Embedder(model, label, text_features=sentence_features(model, path, device or "cpu"))
 
 
 def _encode(embedder: Embedder, texts: list[str], progress: bool) -> np.ndarray:

@@ -98,6 +98,17 @@ def pick_device(name: str = "auto") -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
+def bf16_autocast(choice: bool | None, device: str) -> bool:
+    """Run under bf16 autocast: `choice` when set, else on a bf16 GPU or a CPU that computes bf16 natively."""
+    import torch
+
+    if choice is not None:
+        return choice
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def set_threads(threads: int | None = None) -> int:
     """Fix torch's thread count (`thread_count`); oversubscription slows 2-core hosts."""
     count = thread_count(threads)

@@ -13,7 +13,7 @@ import numpy as np
 
 from promptrec.data import DataError
 from promptrec.llm.base import GenerationSettings, cut_at_stop
-from promptrec.models import pick_device, resolve_model
+from promptrec.models import bf16_autocast, pick_device, resolve_model
 
 
 def location(source: str) -> tuple[str, dict[str, Any]]:
@@ -70,17 +70,6 @@ def bf16_default(device: str) -> bool:
     import torch
 
     return device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def infer_autocast(choice: bool | None, device: str) -> bool:
-    """Generate under bf16 autocast: `choice` when set, else on a bf16 GPU or a CPU that computes bf16 natively."""
-    import torch
-
-    if choice is not None:
-        return choice
-    if device.startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
-    return device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def newline_ids(tokenizer) -> list[int]:
@@ -178,7 +167,7 @@ class HFGenerator:
         self.device = pick_device(device or "auto")
         self.tokenizer = load_tokenizer(source, trust_remote_code)
         self.model = load_causal_lm(source, bf16_default(self.device), self.device, trust_remote_code)
-        self.autocast = infer_autocast(bf16, self.device)
+        self.autocast = bf16_autocast(bf16, self.device)
         self.last_stats: dict[str, float] = {}
 
     @property

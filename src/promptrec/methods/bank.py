@@ -169,10 +169,10 @@ class BankMethod(UsesEmbedder):
     def queries(self, pairs: pd.DataFrame) -> np.ndarray:
         """(n, dim) query embeddings: the rewritten text, or the direction from original to rewritten."""
         pairs = text_view(pairs, self.config.view)
-        rewritten = self.embedder.encode(pairs[REWRITTEN].tolist())
+        rewritten = self.embedder.encode_texts(pairs[REWRITTEN].tolist())
         if self.config.query == "rewritten":
             return rewritten
-        return vectors.direction(rewritten, self.embedder.encode(pairs[ORIGINAL].tolist()))
+        return vectors.direction(rewritten, self.embedder.encode_texts(pairs[ORIGINAL].tolist()))
 
     def bank_queries(self, pairs: pd.DataFrame) -> np.ndarray:
         """(n, dim) what `predict` searches the bank with (`explain` lists the nearest prompts)."""

@@ -173,7 +173,7 @@ class EnsembleMethod(UsesEmbedder):
         columns = [[p.strip() if isinstance(p, str) else "" for p in predictions[label]] for label in self.members]
         answered = np.array([[bool(p) for p in col] for col in columns], dtype=bool).reshape(len(columns), len(pairs))
         prompt_emb = np.stack([embedder.encode([p or FALLBACK_PROMPT for p in col]) for col in columns])  # (m, n, d)
-        texts = embedder.encode([str(t) for t in pairs[ORIGINAL]] + [str(t) for t in pairs[REWRITTEN]])  # (2n, d)
+        texts = embedder.encode_texts([str(t) for t in pairs[ORIGINAL]] + [str(t) for t in pairs[REWRITTEN]])  # (2n, d)
         change = pair_change(texts[: len(pairs)], texts[len(pairs):])
         if reference is not None and reference.shape[1] != prompt_emb.shape[2]:
             reference = None  # a member predicting in another embedder's space gives no reference here

@@ -263,8 +263,8 @@ class FormMethod(UsesEmbedder):
         features = np.sign(features) * np.log1p(np.abs(features))  # counts and ratios on one scale
         if not self.config.direction:
             return features
-        shift = direction(self.embedder.encode(pairs[REWRITTEN].astype(str).tolist()),
-                          self.embedder.encode(pairs[ORIGINAL].astype(str).tolist()))  # (n, d)
+        shift = direction(self.embedder.encode_texts(pairs[REWRITTEN].astype(str).tolist()),
+                          self.embedder.encode_texts(pairs[ORIGINAL].astype(str).tolist()))  # (n, d)
         return np.concatenate([features, shift], axis=1).astype(np.float32)
 
     def fit(self, triples: pd.DataFrame) -> None:

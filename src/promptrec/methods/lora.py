@@ -24,6 +24,7 @@ from promptrec.methods.base import (
     FALLBACK_PROMPT, UsesEmbedder, check_view, load_saved, never_blank, save_config, text_view,
 )
 from promptrec.methods.lora_template import render_input
+from promptrec.models import bf16_autocast
 from promptrec.splits import held_out
 
 ADAPTER_DIR, TOKENIZER_DIR, MERGED_DIR, HISTORY_FILE = "adapter", "tokenizer", "merged", "history.json"
@@ -158,7 +159,7 @@ class LoraMethod(UsesEmbedder):
         device = str(next(self.model.parameters()).device)
         new_ids, _ = hf.generate_ids(self.model, self.tokenizer, inputs, cfg.max_new_tokens, cfg.infer_batch_size,
                                      num_beams=cfg.num_beams, stop_ids=self._newlines,
-                                     bf16=hf.infer_autocast(cfg.infer_bf16, device))
+                                     bf16=bf16_autocast(cfg.infer_bf16, device))
         return [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in new_ids]
 
     def predict(self, pairs: pd.DataFrame) -> list[str]:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from promptrec import checkpoint
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN
-from promptrec.llm.hf import bf16_default, infer_autocast, load_causal_lm, load_tokenizer
+from promptrec.llm.hf import bf16_default, load_causal_lm, load_tokenizer
 from promptrec.methods.lora_template import IGNORE, encode_example
 from promptrec.metric import text_digest
 from promptrec.progress import Steps
@@ -128,7 +128,7 @@ def train(method, train_rows: pd.DataFrame, held: pd.DataFrame) -> None:
     Sets method.model, .tokenizer and .history. With a checkpoint folder (`method.checkpoint_folder()`), a
     checkpoint is written every `checkpoint_steps` updates and a rerun with the same options and data continues
     from the newest one, taking exactly the steps an uninterrupted run would have taken."""
-    from promptrec.models import pick_device, require
+    from promptrec.models import bf16_autocast, pick_device, require
 
     require("peft")
     require("accelerate")
@@ -145,7 +145,7 @@ def train(method, train_rows: pd.DataFrame, held: pd.DataFrame) -> None:
     bf16 = bf16_default(device) if cfg.bf16 is None else cfg.bf16  # bf16 weights: on a bf16 GPU
     # bf16 autocast also on a CPU that computes bf16 natively (float32 weights there: as fast, more precise).
     # It is entered in the loop, not through accelerate's mixed_precision, which is fixed once per process.
-    autocast = infer_autocast(cfg.bf16, device)
+    autocast = bf16_autocast(cfg.bf16, device)
     accelerator = Accelerator(mixed_precision="no", gradient_accumulation_steps=cfg.grad_accum)
     folder = method.checkpoint_folder()
     run = manifest(cfg, pd.concat([train_rows, held]), accelerator.num_processes)

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write
+from promptrec.features import DEFAULT_LAYERS, FeatureCache, FrozenEncoder, pair_texts, shared_cache
 from promptrec.methods.bank import BANK_TEXTS, PromptBank, build_bank, check_dim
 from promptrec.methods.base import UsesEmbedder, check_view, load_saved, safe_child, save_config, text_view
-from promptrec.models import cache_dir, load_pretrained, pick_device, resolve_model
-from promptrec.progress import Steps
+from promptrec.models import cache_dir, pick_device
 from promptrec.vectors import direction, unit_rows
 
 log = logging.getLogger(__name__)
@@ -24,8 +22,6 @@ log = logging.getLogger(__name__)
 HEAD_WEIGHTS = "head.safetensors"
 LOSSES = ("cosine", "score")
 PAIRS = ("concat", "interact")
-DEFAULT_LAYERS = (-1, -2)
-SHARD_TEXTS = 512  # texts encoded between two cache writes
 
 
 # The defaults are the offline CPU setup; configs/regressor_original.yaml holds the original solution's
@@ -63,7 +59,7 @@ class RegressorConfig:
     batch_size: int = 16  # rows per optimiser step
     grad_clip: float = 250000.0  # max gradient norm (the original's value: effectively only guards overflow)
     seed: int = 42  # head initialisation and shuffling
-    amp: bool = True  # float16 autocast on GPU (ignored on CPU)
+    amp: bool = True  # encoder under float16 autocast on a GPU, bf16 on a CPU that computes bf16 natively; head: GPU only
     device: str = "auto"  # auto (cuda if present), cpu, cuda, cuda:1...
     encode_batch_size: int = 16  # texts per encoder forward pass
     feature_cache: bool = True  # keep encoder features on disk, keyed by text hash + backbone + max_length
@@ -87,167 +83,6 @@ class RegressorConfig:
         for name in ("max_length", "multiplier", "epochs", "batch_size", "top_k", "encode_batch_size"):
             if getattr(self, name) < 1:
                 raise DataError(f"regressor: {name} must be at least 1, not {getattr(self, name)}")
-
-
-def _text_key(text: str) -> bytes:
-    return hashlib.sha256(text.encode("utf-8")).digest()
-
-
-@lru_cache(maxsize=4)
-def _pretrained(source: str, device: str, weights: tuple[str, ...]):
-    """(tokenizer, model) of `source` on `device`, loaded once per process and version of its `weights` (their
-    `_weight_stamps`): the regressor's full-text and head-token blocks share one encoder."""
-    from transformers import AutoModel, AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(source), load_pretrained(AutoModel, source).to(device).eval()
-    except OSError as err:
-        raise DataError(f"cannot load encoder '{source}' ({str(err).splitlines()[0]})") from None
-
-
-def _weight_stamps(source: str) -> tuple[str, ...]:
-    """`name:size:mtime` of each weight file when `source` is a folder (a rewritten file is another model)."""
-    folder = Path(source)
-    if not folder.is_dir():
-        return ()
-    files = sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")])
-    return tuple(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in files)
-
-
-class FrozenEncoder:
-    """A pretrained encoder read-only: per text, mean-pooled hidden layers side by side (len(layers) * H)."""
-
-    def __init__(self, backbone: str, max_length: int, device: str = "cpu", batch_size: int = 16, amp: bool = True,
-                 layers: Iterable[int] = DEFAULT_LAYERS):
-        self.source = resolve_model(backbone)
-        self.max_length = max_length
-        self.layers = tuple(layers)
-        self.device = device
-        self.batch_size = batch_size
-        self.amp = amp
-        self._model = None
-        self._tokenizer = None
-
-    @property
-    def identity(self) -> str:
-        """What the features depend on: model source, its config and weight files, max_length and layers."""
-        parts = [self.source, f"max_length={self.max_length}"]
-        if self.layers != DEFAULT_LAYERS:  # the default adds nothing, so caches of the last two layers stay valid
-            parts.append(f"layers={list(self.layers)}")
-        folder = Path(self.source)
-        if folder.is_dir():
-            config = folder / "config.json"
-            parts.append(config.read_text(encoding="utf-8") if config.is_file() else "")
-            parts.extend(_weight_stamps(self.source))
-        return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
-
-    def initializer_range(self) -> float:
-        """The backbone config's initializer_range (0.02 when it has none)."""
-        from transformers import AutoConfig
-
-        return float(getattr(AutoConfig.from_pretrained(self.source), "initializer_range", 0.02))
-
-    def _load(self) -> None:
-        self._tokenizer, self._model = _pretrained(self.source, self.device, _weight_stamps(self.source))
-
-    def encode(self, texts: list[str], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-        """(n, len(layers) * H) float32: masked means of the chosen hidden layers, side by side; `on_batch(size)` is
-        called after each batch (progress)."""
-        import torch
-
-        if self._model is None:
-            self._load()
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths share a batch
-        rows: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
-        autocast = self.amp and self.device.startswith("cuda")
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            batch = self._tokenizer([texts[i] for i in chunk], padding=True, truncation=True,
-                                    max_length=self.max_length, return_tensors="pt").to(self.device)
-            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
-                hidden = self._model(**batch, output_hidden_states=True).hidden_states
-            mask = batch["attention_mask"].unsqueeze(-1).float()  # (b, t, 1)
-            pooled = [(hidden[k].float() * mask).sum(1) / mask.sum(1).clamp(min=1) for k in self.layers]
-            features = torch.cat(pooled, dim=1).cpu().numpy()  # (b, len(layers) * H)
-            for i, row in zip(chunk, features):
-                rows[i] = row
-            if on_batch:
-                on_batch(len(chunk))
-        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
-
-
-def pair_texts(pairs: pd.DataFrame) -> list[str]:
-    """The original texts, then the rewritten texts, of every row."""
-    return [str(t) for t in pairs[ORIGINAL].tolist() + pairs[REWRITTEN].tolist()]
-
-
-class FeatureCache:
-    """Encoder features per distinct text, in memory and (optionally) as safetensors shards on disk."""
-
-    def __init__(self, encoder: FrozenEncoder, folder: Path | None):
-        self.encoder = encoder
-        self.identity = encoder.identity
-        self.folder = folder / "features" / self.identity[:32] if folder else None
-        self.store: dict[bytes, np.ndarray] = {}
-        self.encoded = 0  # texts run through the encoder by this cache (for tests and benchmarks)
-        if self.folder and self.folder.is_dir():
-            self._read_shards()
-
-    def _read_shards(self) -> None:
-        from safetensors import safe_open
-
-        for shard in sorted(self.folder.glob("*.safetensors")):
-            with safe_open(str(shard), framework="numpy") as handle:
-                if (handle.metadata() or {}).get("identity") != self.identity:
-                    continue  # a shard of other settings (prefix clash): never trust it
-                keys, features = handle.get_tensor("keys"), handle.get_tensor("features")
-            self.store.update(zip(map(bytes, keys), features))
-
-    def _write_shard(self, keys: list[bytes], features: np.ndarray) -> None:
-        from safetensors.numpy import save
-
-        name = hashlib.sha256(b"".join(keys)).hexdigest()[:24]
-        key_array = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 32)
-        with atomic_write(self.folder / f"{name}.safetensors", "wb") as handle:
-            handle.write(save({"keys": key_array, "features": features}, metadata={"identity": self.identity}))
-
-    def cached(self, texts: list[str]) -> int:
-        """How many distinct texts of `texts` already have features (in memory or from the shards on disk)."""
-        return sum(_text_key(t) in self.store for t in set(texts))
-
-    def features(self, texts: list[str]) -> np.ndarray:
-        """(n, F) features of `texts`; only texts never seen with this backbone, length and layers are encoded."""
-        keys = [_text_key(t) for t in texts]
-        missing = list(dict.fromkeys(k for k in keys if k not in self.store))
-        text_of = dict(zip(keys, texts))
-        steps = Steps("encode", len(missing), f"regressor features ({self.encoder.max_length} tokens)")
-        for start in range(0, len(missing), SHARD_TEXTS):  # one shard per chunk: an interrupted run resumes
-            chunk = missing[start : start + SHARD_TEXTS]
-            fresh = self.encoder.encode([text_of[k] for k in chunk], steps.advance)  # (chunk, F)
-            self.store.update(zip(chunk, fresh))
-            self.encoded += len(chunk)
-            if self.folder:
-                self._write_shard(chunk, fresh)
-        return np.stack([self.store[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
-
-    def pair_features(self, pairs: pd.DataFrame) -> np.ndarray:
-        """(n, 2F): original-text features then rewritten-text features, per row."""
-        per_text = self.features(pair_texts(pairs))  # (2n, F)
-        return np.concatenate([per_text[: len(pairs)], per_text[len(pairs) :]], axis=1)
-
-
-# One cache per encoder identity, device and cache folder in a process: the gate's inner folds, the final fit and
-# cv's folds build fresh regressors over the same texts, which would otherwise load the encoder and read every
-# shard again (or, with the disk cache off, encode every text again) each time.
-_SHARED_CACHES: dict[tuple[str, str, str], FeatureCache] = {}
-
-
-def shared_cache(encoder: FrozenEncoder, folder: Path | None) -> FeatureCache:
-    """The process's `FeatureCache` for `encoder`'s features under `folder` (None: in memory only), built on first use."""
-    key = (encoder.identity, encoder.device, str(folder or ""))
-    if key not in _SHARED_CACHES:
-        _SHARED_CACHES[key] = FeatureCache(encoder, folder)
-    return _SHARED_CACHES[key]
 
 
 def pair_block(concat: np.ndarray, pair: str) -> np.ndarray:
@@ -451,8 +286,8 @@ class RegressorMethod(UsesEmbedder):
         if not self.config.direction_weight:
             return pred
         pairs = text_view(pairs, self.config.view)
-        shift = direction(self.embedder.encode([str(t) for t in pairs[REWRITTEN]]),
-                          self.embedder.encode([str(t) for t in pairs[ORIGINAL]]))  # (n, D)
+        shift = direction(self.embedder.encode_texts([str(t) for t in pairs[REWRITTEN]]),
+                          self.embedder.encode_texts([str(t) for t in pairs[ORIGINAL]]))  # (n, D)
         return pred + self.config.direction_weight * shift
 
     def predict_embeddings(self, pairs: pd.DataFrame) -> np.ndarray:
