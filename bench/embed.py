@@ -1,7 +1,8 @@
-"""Texts/s of the proxy embedder (MiniLM, 256 tokens) on real shared texts, side by side in one run: float32 as
-`recover` and `fit` run it (length-sorted batches of 64), the same batches in input order, bf16 autocast, and
-dynamic int8 quantisation of the Linear layers; each with its mean cosine to float32 (a faster path is usable
-only at >= 0.999).
+"""Texts/s of the proxy embedder (MiniLM, 256 tokens) on real shared texts, side by side in one run: float32
+(length-sorted batches of 64), the same batches in input order, bf16 autocast, dynamic int8 quantisation of the
+Linear layers; each with its mean cosine to float32 (a faster path is usable only at >= 0.999). Then what `fit`
+and `recover` pay per text for the regressor's features and the embedder's vector: two float32 passes (before
+issue 24) vs the one shared pass they run now (`features.FrozenEncoder`, bf16 where the CPU computes it natively).
 Run: `PROMPTREC_THREADS=1 promptrec bench embed [--texts 256] [--repeats 3]`.
 """
 
@@ -78,9 +79,21 @@ def main() -> None:
         warnings.simplefilter("ignore")
         quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
     bf16_native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    paths = {"float32, length-sorted (today)": st(model), "float32, input order": input_order,
+    from promptrec.features import FrozenEncoder
+    from promptrec.models import proxy_embedder_path
+
+    source, length = str(proxy_embedder_path()), model.max_seq_length
+    exact, shared = FrozenEncoder(source, length, amp=False), FrozenEncoder(source, length)  # batches of 16, as fit's
+
+    def first_block(features: np.ndarray) -> np.ndarray:  # the embedder's vector: the last layer's mean, normalised
+        block = features[:, : model.get_embedding_dimension()]
+        return block / np.linalg.norm(block, axis=1, keepdims=True)
+
+    paths = {"float32, length-sorted": st(model), "float32, input order": input_order,
              f"bf16 autocast{'' if bf16_native else ' (no native bf16 on this CPU)'}": st(model, autocast=True),
-             "dynamic int8 Linear": st(quantized)}
+             "dynamic int8 Linear": st(quantized),
+             "fit/recover before: 2 float32 passes": lambda batch: (exact.encode(batch), st(model)(batch))[1],
+             f"fit/recover now: 1 shared pass ({shared.precision})": lambda batch: first_block(shared.encode(batch))}
     tokens = [len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]]
     print(f"{len(texts)} real shared texts (mean {np.mean(tokens):.0f} tokens, {sum(t >= model.max_seq_length for t in tokens)}"
           f" at the {model.max_seq_length}-token limit), batch {args.batch_size}, {threads} thread(s), best of "
@@ -91,6 +104,8 @@ def main() -> None:
         cosine = np.einsum("nd,nd->n", emb, reference)
         print(f"  {name:45s} {rate:7.1f} texts/s  {rate / base:5.2f}x   cosine to float32 mean {cosine.mean():.5f} "
               f"min {cosine.min():.5f}")
+    (before, now) = (rate for name, (_, rate) in found.items() if name.startswith("fit/recover"))
+    print(f"fit/recover encoding per text, now vs before: {now / before:.2f}x")
 
 
 if __name__ == "__main__":

@@ -530,3 +530,17 @@ def test_embedder_and_regressor_share_one_encoder_pass_over_each_text(tiny_bert_
     own = embedder.encode_uncached(sample)  # the SentenceTransformer itself, float32
     assert (through_pass * own).sum(1).min() > 0.999
     metric._shared_embedder.cache_clear()
+
+
+def test_feature_cache_keeps_at_most_its_memory_bound_and_never_a_text_of_the_call(tiny_bert, tmp_path):
+    """Issue 24: a long `recover` must not keep every text's features: the oldest go past `memory_texts` (a later call
+    encodes them again, or a new cache reads them back from disk)."""
+    texts = [f"text number {i}" for i in range(7)]
+    cache = FeatureCache(FrozenEncoder(str(tiny_bert), 32, amp=False), tmp_path, memory_texts=3)
+    first = cache.features(texts[:5])  # all five wanted by this call: kept until it returns, then the oldest two go
+    assert len(cache.store) == 3 and cache.cached(texts[:5]) == 3 and cache.cached(texts[:2]) == 0
+    again = cache.features(texts[:2])
+    assert cache.encoded == 7 and np.allclose(again, first[:2], atol=1e-6)  # re-encoded, same features
+    assert cache.cached(texts[:2]) == 2 and len(cache.store) == 3
+    reopened = FeatureCache(FrozenEncoder(str(tiny_bert), 32, amp=False), tmp_path, memory_texts=3)
+    assert len(reopened.store) == 3  # the shards on disk hold all five, memory keeps three

@@ -8,6 +8,7 @@ exactly a transformer, mean pooling and normalisation (the packaged MiniLM) is t
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +23,10 @@ from promptrec.progress import Steps
 
 DEFAULT_LAYERS = (-1, -2)
 SHARD_TEXTS = 512  # texts encoded between two cache writes
+# Batches padded to a multiple of 32 tokens: a handful of shapes instead of one per batch, so oneDNN's per-shape
+# primitive cache stops growing (bf16 on 1,536 shared texts: peak RSS 1,093 -> 867 MiB, no creep).
+PAD_TO = 32
+MEMORY_TEXTS = 200_000  # texts whose features a cache keeps in memory (~600 MiB at 2 x 384 floats)
 
 
 def _text_key(text: str) -> bytes:
@@ -107,10 +112,11 @@ class FrozenEncoder:
         rows: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        pad_to = PAD_TO if self.max_length % PAD_TO == 0 else None  # the tokenizer refuses other budgets
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             batch = self._tokenizer([texts[i] for i in chunk], padding=True, truncation=True,
-                                    max_length=self.max_length, return_tensors="pt").to(self.device)
+                                    max_length=self.max_length, pad_to_multiple_of=pad_to, return_tensors="pt").to(self.device)
             with torch.inference_mode(), torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
                 hidden = self._model(**batch, output_hidden_states=True).hidden_states
             mask = batch["attention_mask"].unsqueeze(-1).float()  # (b, t, 1)
@@ -129,16 +135,19 @@ def pair_texts(pairs: pd.DataFrame) -> list[str]:
 
 
 class FeatureCache:
-    """Encoder features per distinct text, in memory and (optionally) as safetensors shards on disk."""
+    """Encoder features per distinct text, in memory (at most `memory_texts`, oldest out first) and (optionally) as
+    safetensors shards on disk."""
 
-    def __init__(self, encoder: FrozenEncoder, folder: Path | None):
+    def __init__(self, encoder: FrozenEncoder, folder: Path | None, memory_texts: int = MEMORY_TEXTS):
         self.encoder = encoder
         self.identity = encoder.identity
         self.folder = folder / "features" / self.identity[:32] if folder else None
         self.store: dict[bytes, np.ndarray] = {}
+        self.memory_texts = memory_texts
         self.encoded = 0  # texts run through the encoder by this cache (for tests and benchmarks)
         if self.folder and self.folder.is_dir():
             self._read_shards()
+            self._forget()
 
     def _read_shards(self) -> None:
         from safetensors import safe_open
@@ -167,7 +176,7 @@ class FeatureCache:
         keys = [_text_key(t) for t in texts]
         missing = list(dict.fromkeys(k for k in keys if k not in self.store))
         text_of = dict(zip(keys, texts))
-        steps = Steps("encode", len(missing), f"regressor features ({self.encoder.max_length} tokens)")
+        steps = Steps("encode", len(missing), f"encoder features ({self.encoder.max_length} tokens)")
         for start in range(0, len(missing), SHARD_TEXTS):  # one shard per chunk: an interrupted run resumes
             chunk = missing[start : start + SHARD_TEXTS]
             fresh = self.encoder.encode([text_of[k] for k in chunk], steps.advance)  # (chunk, F)
@@ -175,7 +184,14 @@ class FeatureCache:
             self.encoded += len(chunk)
             if self.folder:
                 self._write_shard(chunk, fresh)
-        return np.stack([self.store[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
+        rows = np.stack([self.store[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
+        self._forget()
+        return rows
+
+    def _forget(self) -> None:
+        """Drop the oldest texts past `memory_texts` (dicts keep insertion order); a later call encodes them again."""
+        for key in list(itertools.islice(self.store, max(0, len(self.store) - self.memory_texts))):
+            del self.store[key]
 
     def pair_features(self, pairs: pd.DataFrame) -> np.ndarray:
         """(n, 2F): original-text features then rewritten-text features, per row."""

@@ -25,10 +25,12 @@ def top_k(similarity: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(top, order, axis=1)
 
 
-def mean_scores(emb: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """(n,) mean sharpened cosine (cos**3) of each unit row against all rows, weighted by `weights` if given."""
-    scs = sharpen(emb @ emb.T)  # (n, n)
-    return scs.mean(axis=1) if weights is None else scs @ weights / weights.sum()
+def mean_scores(emb: np.ndarray, weights: np.ndarray | None = None, block: int = 2048) -> np.ndarray:
+    """(n,) mean sharpened cosine (cos**3) of each unit row against all rows, weighted by `weights` if given; `block`
+    rows at a time, so memory grows with n, not n**2 (time still grows with n**2)."""
+    weights = np.ones(len(emb)) if weights is None else np.asarray(weights, dtype=np.float64)
+    scores = [sharpen(emb[start : start + block] @ emb.T) @ weights for start in range(0, len(emb), block)]  # (b,) each
+    return np.concatenate(scores) / weights.sum() if scores else np.zeros(0)
 
 
 def most_typical(texts: Sequence[str], encode: Encode, k: int = 1) -> list[int]:
