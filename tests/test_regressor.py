@@ -544,3 +544,13 @@ def test_feature_cache_keeps_at_most_its_memory_bound_and_never_a_text_of_the_ca
     assert cache.cached(texts[:2]) == 2 and len(cache.store) == 3
     reopened = FeatureCache(FrozenEncoder(str(tiny_bert), 32, amp=False), tmp_path, memory_texts=3)
     assert len(reopened.store) == 3  # the shards on disk hold all five, memory keeps three
+
+
+def test_head_optimizer_is_fused_adamw_with_the_config_settings():
+    """Issue 24: one fused kernel per step (the unfused loop was most of a warm-cache `fit`)."""
+    from promptrec.methods.regressor import make_optimizer
+
+    config = RegressorConfig(lr=0.01, weight_decay=0.1)
+    defaults = make_optimizer(build_head(8, 4, 2, 0.02), config).defaults
+    assert defaults["fused"] is True and defaults["lr"] == 0.01 and defaults["weight_decay"] == 0.1
+    assert defaults["betas"] == (0.85, 0.999)
