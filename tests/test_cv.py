@@ -340,6 +340,11 @@ def test_cli_cv_fit_recover_and_optimize(tmp_path):
                                "--config", str(tmp_path / "opts.yaml")])
     assert done.exit_code == 0, done.output
     assert (tmp_path / "models" / "best" / "method.json").is_file()
+    (tmp_path / "recipe.yaml").write_text("ensemble: {members: [constant, best=constant], mode: concat}\n"
+                                          "best: {select: true}\n")  # a recipe such as configs/fit_quality.yaml
+    done = runner.invoke(app, ["fit", str(data), "-o", str(tmp_path / "recipe"), "--config", str(tmp_path / "recipe.yaml")])
+    assert done.exit_code == 0, done.output
+    assert "saved ensemble (concat; members constant, best)" in done.output
     done = runner.invoke(app, ["recover", str(data), "--model", str(tmp_path / "models"), "-o", str(tmp_path / "sub.csv")])
     assert done.exit_code == 0, done.output
     prompts = pd.read_csv(tmp_path / "sub.csv")["rewrite_prompt"]
