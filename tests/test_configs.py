@@ -12,7 +12,8 @@ import pytest
 from promptrec.data import ID, ORIGINAL, PROMPT, REWRITTEN
 from promptrec.methods.base import config_from_dict, load_config_file, method_class
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+FIT_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("fit_*.yaml"))  # recipes of `fit --config`
+CONFIGS = sorted(set((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")) - set(FIT_CONFIGS))
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 # Hub model (or embedder name) -> the conftest fixture of its tiny stand-in with the same architecture.
@@ -55,6 +56,16 @@ def test_every_config_file_parses_into_its_method_config(path):
     hub_ids = [v for v in values.values() if isinstance(v, str) and (HUB_ID.match(v) or v == "official")]
     missing = [v for v in hub_ids if v not in STAND_INS]
     assert not missing, f"{path.name} names {missing}: add a tiny stand-in to STAND_INS (conftest fixture)"
+
+
+def test_fit_quality_recipe_is_the_default_ensemble_plus_lora():
+    from promptrec.pipeline import ensemble_config
+
+    assert [p.name for p in FIT_CONFIGS] == ["fit_quality.yaml"]
+    default, quality = ensemble_config(), ensemble_config(None, load_config_file(FIT_CONFIGS[0]))
+    assert quality.members == [*default.members, "lora"] and quality.mode == default.mode == "gate"
+    assert quality.member_config == {**default.member_config, "lora": {"max_steps": 100, "val_fraction": 0}}
+    assert quality.gate_rows == 100
 
 
 EXPECTED = {  # file -> fields whose shipped values the run below checks on the fitted method's config

@@ -192,7 +192,7 @@ def test_run_cv_writes_the_report(tmp_path, word_embedder):
     assert all((folder / n).read_bytes()[:4] == b"\x89PNG" for n in ("scatter.png", "score_distribution.png"))
     oof = pd.read_csv(folder / "oof.csv")
     assert len(oof) == 3 * 54 and list(oof.columns) == ["source", "id", "rewrite_prompt", "fold", "method",
-                                                        "prediction", "score", "prompt_words"]
+                                                        "prediction", "score", "answered", "prompt_words"]
     pirate = oof[oof.method == "pirate"]
     assert pirate.loc[pirate.rewrite_prompt == "pirate", "score"].eq(1.0).all()
     assert pirate.loc[pirate.rewrite_prompt == "short", "score"].eq(0.0).all()
@@ -222,6 +222,16 @@ def test_composites_reuse_members_by_model_key_and_fill_abstentions(tmp_path, wo
     assert by_method["quiet"] == ["pirate", FALLBACK_PROMPT] * 6  # an abstention is filled as recover would
     # where q abstains, the ensemble's first answering member (s) stands in, and the join drops the repeat
     assert by_method["ens"] == ["pirate short", "short"] * 6
+    # the report compares every method on the rows where quiet abstained (3 of each fold's 6): it leaves them to the rest
+    assert result.oof.loc[result.oof["method"] == "quiet", "answered"].tolist() == [True, False] * 6
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "\n".join(["## On the rows where quiet abstains [fixture (4 words)]", "",
+                      "Each method on the same rows (their count per fold in brackets): where quiet answers nothing, "
+                      "the rest must carry the row.", "",
+                      "| method | mean over folds | fold 1 (3) | fold 2 (3) |", "|---|---|---|---|",
+                      "| quiet | 0.1250 | 0.1250 | 0.1250 |", "| short | 0.5000 | 0.0000 | 1.0000 |",
+                      "| ens | 0.5000 | 0.0000 | 1.0000 |"]) in report
+    assert "where short abstains" not in report and "where ens abstains" not in report
 
 
 def test_rerun_reuses_parts_and_limit_subsamples(tmp_path, word_embedder):
@@ -330,6 +340,11 @@ def test_cli_cv_fit_recover_and_optimize(tmp_path):
                                "--config", str(tmp_path / "opts.yaml")])
     assert done.exit_code == 0, done.output
     assert (tmp_path / "models" / "best" / "method.json").is_file()
+    (tmp_path / "recipe.yaml").write_text("ensemble: {members: [constant, best=constant], mode: concat}\n"
+                                          "best: {select: true}\n")  # a recipe such as configs/fit_quality.yaml
+    done = runner.invoke(app, ["fit", str(data), "-o", str(tmp_path / "recipe"), "--config", str(tmp_path / "recipe.yaml")])
+    assert done.exit_code == 0, done.output
+    assert "saved ensemble (concat; members constant, best)" in done.output
     done = runner.invoke(app, ["recover", str(data), "--model", str(tmp_path / "models"), "-o", str(tmp_path / "sub.csv")])
     assert done.exit_code == 0, done.output
     prompts = pd.read_csv(tmp_path / "sub.csv")["rewrite_prompt"]

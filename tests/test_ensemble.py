@@ -270,3 +270,7 @@ def test_default_ensemble_is_the_gated_offline_members_and_options_merge():
     tuned = ensemble_config(None, {"bank": {"top_k": 2}, "ensemble": {"gate_ridge": 3.0}})
     assert tuned.member_config["bank"] == {"query": "direction", "top_k": 2} and tuned.gate_ridge == 3.0
     assert ensemble_config(["constant"]).mode == "concat" and ensemble_config(["constant"]).member_config == {}
+    recipe = {"ensemble": {"members": ["c=constant", "bank"], "mode": "select"}, "c": {"select": True}}
+    assert ensemble_config(None, recipe).members == ["c=constant", "bank"]  # a file's members: no default options
+    assert ensemble_config(None, recipe).member_config == {"c": {"select": True}}
+    assert ensemble_config(["bank"], {"ensemble": recipe["ensemble"]}).members == ["bank"]  # -m wins over the file

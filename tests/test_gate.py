@@ -68,3 +68,47 @@ def test_save_load_round_trip(tmp_path):
 def test_helpers():
     np.testing.assert_allclose(words(["a b c", ""]), np.log1p([3, 0]))
     np.testing.assert_allclose(pair_change(np.array([[1.0, 0], [0, 2]]), np.array([[2.0, 0], [1, 0]])), [1, 0])
+
+
+def _sources(slopes, rows=200):
+    """Rows of sources where `steady` scores 0.1, `wild` 0.08 + slope * (x - 0.5) and `evidence` 0.6 on every other row
+    (abstaining on the rest): features (3, n, 2) = [bias, x] for each member, scores (3, n), answered, groups."""
+    x = np.tile(np.linspace(0, 1, rows), len(slopes))
+    slope = np.repeat(slopes, rows)
+    scores = np.stack([np.full_like(x, 0.1), 0.08 + slope * (x - 0.5), np.full_like(x, 0.6)])
+    answered = np.ones((3, len(x)), dtype=bool)
+    answered[2, 1::2] = False
+    scores[2, 1::2] = 0.0  # what the fallback prompt, standing in for evidence there, would score
+    features = np.broadcast_to(np.stack([np.ones_like(x), x], axis=-1), (3, len(x), 2)).copy()
+    return features, scores, answered, np.repeat(np.arange(len(slopes)), rows)
+
+
+def test_calibrated_gate_is_no_worse_than_its_best_member_where_evidence_abstains():
+    # Two training sources reward `wild` on rows with a large x, a third the opposite; so does the new source. A gate
+    # fitted on the pooled rows learns "wild when x is large" and loses to `steady` on the new source; the calibrated
+    # gate sees that rule fail on the third training source held out and keeps `steady` where evidence abstains.
+    features, scores, answered, groups = _sources([0.4, 0.4, -0.4])
+    test_features, test_scores, test_answered, _ = _sources([-0.4])
+    naive = Gate.fit(["steady", "wild", "evidence"], features, scores, answered, ridge=1e-3)
+    gate = Gate.fit(["steady", "wild", "evidence"], features, scores, answered, ridge=1e-3, groups=groups)
+    abstain = ~test_answered[2]
+    member_means = test_scores[:, abstain].mean(axis=1)
+    mean_of = lambda g: test_scores[g.choose(test_features, test_answered), np.arange(len(abstain))][abstain].mean()
+    assert member_means.round(4).tolist() == [0.1, 0.079, 0.0]
+    assert round(mean_of(naive), 4) == 0.0469  # wild where x > 0.65, where it scores least
+    assert round(mean_of(gate), 6) == round(member_means.max(), 6) == 0.1
+    assert gate.kinds.tolist() == [[True, True, False], [True, True, True]]
+    assert gate.defaults.tolist() == [0, 0] and gate.margins.tolist() == [np.inf, np.float32(0.12)]
+    # where evidence abstains: steady, always; where it answers, its 0.6 beats steady's 0.1 + the 0.12 margin
+    assert (gate.choose(test_features, test_answered)[~abstain] == 2).all()
+
+
+def test_calibrated_gate_round_trips(tmp_path):
+    features, scores, answered, groups = _sources([0.4, 0.4, -0.4])
+    gate = Gate.fit(["steady", "wild", "evidence"], features, scores, answered, groups=groups)
+    gate.save(tmp_path)
+    loaded = Gate.load(tmp_path, ["steady", "wild", "evidence"])
+    for name in ("weights", "kinds", "defaults", "margins"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(gate, name))
+    np.testing.assert_array_equal(loaded.choose(features, answered), gate.choose(features, answered))
+    assert loaded.rule(np.array([1, 1, 0])) == (0, np.inf) and loaded.rule(np.array([0, 1, 1])) is None  # unseen kind

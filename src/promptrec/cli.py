@@ -362,8 +362,8 @@ def fit(
     data: Annotated[list[Path], typer.Argument(help="triple files to train on")],
     output: Annotated[Path, typer.Option("-o", "--output", help="folder for the ensemble (use with recover --model)")],
     methods: Annotated[Optional[str], typer.Option(
-        "--methods", "-m", help="members, 'name' or 'label=name' (default: best=constant,bank,regressor,evidence "
-                                "with a learned gate)")] = None,
+        "--methods", "-m", help="members, 'name' or 'label=name' (default: --config's ensemble.members, else "
+                                "best=constant,bank,regressor,evidence with a learned gate)")] = None,
     config: LabelConfig = None,
     setting: LabelSet = [],
     quiet: Quiet = False,

@@ -26,7 +26,7 @@ from promptrec.methods.base import (
     Composite, Method, check_options, checkpoint_beside, config_from_dict, method_class, never_blank, parse_members,
 )
 from promptrec.progress import Steps
-from promptrec.report import FOLD, METHOD, PREDICTION, SCORE, write_report
+from promptrec.report import ANSWERED, FOLD, METHOD, PREDICTION, SCORE, write_report
 from promptrec.splits import group_folds, scored_rows, source_folds
 
 SCHEMES = ("text", "source")
@@ -71,7 +71,7 @@ class Spec:
 class CVResult:
     """Out-of-fold rows of every method, per-fold timings, the run's inputs and where the report went."""
 
-    oof: pd.DataFrame  # source, id, fold, method, prediction, rewrite_prompt, score, prompt_words
+    oof: pd.DataFrame  # source, id, fold, method, prediction, rewrite_prompt, score, answered, prompt_words
     timings: pd.DataFrame  # method, fold, rows, fit_seconds, predict_seconds, cached
     label: str  # embedder label of every score
     folder: Path
@@ -205,13 +205,15 @@ def run_cv(data: list[str | Path], methods: list[str], output: str | Path,
                 result = score(predictions, test[PROMPT].tolist(), embedder)
                 record = {"label": spec.label, "method": spec.name, "options": spec.options, "fold": fold,
                           "rows": rows.tolist(), "predictions": predictions, "scores": result.per_row.tolist(),
+                          "answered": [isinstance(a, str) and bool(a.strip()) for a in done.answers],
                           "embedder": embedder.label, "fit_seconds": fit_seconds, "predict_seconds": predict_seconds}
                 with atomic_write(part) as handle:
                     json.dump(record, handle, default=str)
                 for folder in (work, work.with_name(f"{work.name}.partial")):
                     checkpoint.remove(folder)
             oof.append(test[[SOURCE, ID, PROMPT]].assign(**{
-                FOLD: fold, METHOD: spec.label, PREDICTION: record["predictions"], SCORE: record["scores"]}))
+                FOLD: fold, METHOD: spec.label, PREDICTION: record["predictions"], SCORE: record["scores"],
+                ANSWERED: record.get("answered", True)}))  # parts written before abstentions were recorded: True
             timings.append({METHOD: spec.label, FOLD: fold, "rows": len(rows), "fit_seconds": record["fit_seconds"],
                             "predict_seconds": record["predict_seconds"], "cached": cached})
             if log:

@@ -61,6 +61,8 @@ class GateView:
     row_features: dict[str, float]  # shared by every member
     member_features: dict[str, dict[str, float]]  # member -> its own features
     predicted_scores: dict[str, float | None]  # member -> the score the gate predicts (None: abstained)
+    default: str | None = None  # kept on rows where these members answered unless another's prediction beats it by...
+    margin: float | None = None  # ...this much (None with a default: always kept)
 
 
 @dataclass
@@ -212,12 +214,14 @@ def _gate_view(ensemble: Gated, pairs: pd.DataFrame, predictions: dict[str, list
     predicted = ensemble.gate.predicted_scores(features, answered)[:, 0]  # (m,)
     choice = int(ensemble.gate.choose(features, answered)[0])
     labels = list(ensemble.members)
+    rule = ensemble.gate.rule(answered[:, 0])  # (default member, margin) of this kind of row, if fit saw one
     return GateView(
         choice=labels[choice] if choice >= 0 else None,
         row_features={name: float(features[0, 0, FEATURES.index(name)]) for name in ROW_FEATURES},
         member_features={label: {name: float(features[m, 0, FEATURES.index(name)]) for name in OWN_FEATURES}
                          for m, label in enumerate(labels)},
         predicted_scores={label: float(p) if np.isfinite(p) else None for label, p in zip(labels, predicted)},
+        default=labels[rule[0]] if rule else None, margin=rule[1] if rule and np.isfinite(rule[1]) else None,
     )
 
 
@@ -278,7 +282,10 @@ def _candidate_lines(found: Explanation) -> list[Text]:
 def _gate_lines(gate: GateView) -> list[Text]:
     """The gate's choice and row features, then each member's own features and predicted score."""
     row = " · ".join(f"{name} {value:.4f}" for name, value in gate.row_features.items())
-    lines = [Text.assemble(("gate ", "bold"), f"chose {gate.choice or '(every member abstained)'}; row: {row}")]
+    kept = ""
+    if gate.default:
+        kept = f" (keeps {gate.default} " + ("always" if gate.margin is None else f"unless beaten by {gate.margin:g}") + ")"
+    lines = [Text.assemble(("gate ", "bold"), f"chose {gate.choice or '(every member abstained)'}{kept}; row: {row}")]
     width = max(map(len, gate.member_features))
     for label, own in gate.member_features.items():
         values = " · ".join(f"{name} {value:.4f}" for name, value in own.items())

@@ -46,16 +46,20 @@ DEFAULT_OPTIONS = {"best": {"select": True}, "bank": {"query": "direction"}, Ens
 
 
 def ensemble_config(members: list[str] | None = None, options: dict[str, dict[str, Any]] | None = None) -> EnsembleConfig:
-    """The ensemble over `members` (default: DEFAULT_MEMBERS with DEFAULT_OPTIONS under `options`); `options` maps a
-    member label, or "ensemble" for the ensemble itself, to its options."""
+    """The ensemble over `members`, else over the members `options["ensemble"]` names (a recipe such as
+    configs/fit_quality.yaml), else DEFAULT_MEMBERS with DEFAULT_OPTIONS under `options`; `options` maps a member
+    label, or "ensemble" for the ensemble itself, to its options."""
     options = {label: dict(values) for label, values in (options or {}).items()}
-    if not members:
-        for label, values in DEFAULT_OPTIONS.items():
-            options[label] = {**values, **options.get(label, {})}
     own = options.pop(EnsembleMethod.name, {})
+    members = members or own.pop("members", None)
+    own.pop("members", None)  # members given as arguments win over a file's
+    if not members:
+        defaults = {label: dict(values) for label, values in DEFAULT_OPTIONS.items()}
+        own = {**defaults.pop(EnsembleMethod.name), **own}
+        options = {label: {**defaults.get(label, {}), **options.get(label, {})} for label in {**defaults, **options}}
     # the config checks its members and that `options` names only them (`base.check_options`)
-    members = list(members or DEFAULT_MEMBERS)
-    return config_from_dict(EnsembleConfig, {**own, "members": members, "member_config": options}, "ensemble")
+    return config_from_dict(EnsembleConfig, {**own, "members": list(members or DEFAULT_MEMBERS), "member_config": options},
+                            "ensemble")
 
 
 def fit_ensemble(data: Paths, output: str | Path, members: list[str] | None = None,

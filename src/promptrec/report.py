@@ -13,7 +13,8 @@ import pandas as pd
 from promptrec.data import ID, ORIGINAL, SOURCE, atomic_write, write_table
 
 # Columns of the out-of-fold table (oof.csv) besides the triples' own.
-FOLD, METHOD, PREDICTION, SCORE = "fold", "method", "prediction", "score"
+# answered: False where the method abstained and the fallback prompt was scored instead.
+FOLD, METHOD, PREDICTION, SCORE, ANSWERED = "fold", "method", "prediction", "score", "answered"
 LENGTH_BINS = [0, 5, 10, 20, 40, np.inf]  # true-prompt word counts for the score-by-length plot
 
 
@@ -27,6 +28,26 @@ def summary(result) -> pd.DataFrame:
         "rows": result.oof.groupby(METHOD, sort=False)[SCORE].size(),
     }).join(times)
     return out
+
+
+def abstention_tables(result) -> dict[str, pd.DataFrame]:
+    """Per method that abstains on some scored rows: every method's mean score per fold on those same rows (rows in
+    brackets), e.g. the gate against each of its members where the evidence member found nothing."""
+    oof, names = result.oof, result.folds.names
+    tables = {}
+    for method in dict.fromkeys(oof[METHOD]):
+        own = oof[oof[METHOD] == method]
+        if own[ANSWERED].all() or oof[METHOD].nunique() < 2:
+            continue
+        skipped = own.loc[~own[ANSWERED]]
+        abstained = set(zip(skipped[FOLD], skipped[SOURCE], skipped[ID]))
+        rows = oof[[key in abstained for key in zip(oof[FOLD], oof[SOURCE], oof[ID])]]
+        means = rows.groupby([METHOD, FOLD], sort=False)[SCORE].mean().unstack(FOLD)
+        counts = skipped.groupby(FOLD).size()
+        tables[method] = pd.DataFrame({
+            "method": means.index, "mean over folds": [f"{v:.4f}" for v in means.mean(axis=1)],
+            **{f"{names[k]} ({counts.get(k, 0)})": [f"{v:.4f}" for v in means[k]] for k in means.columns}})
+    return tables
 
 
 def _markdown(frame: pd.DataFrame) -> str:
@@ -92,6 +113,10 @@ def write_report(result) -> None:
         lines += [f"## Per source file (pooled over folds) [{label}]", "",
                   _markdown(pd.DataFrame({"method": per_source.index,
                                           **{s: [f"{v:.4f}" for v in per_source[s]] for s in sources}})), ""]
+    for method, frame in abstention_tables(result).items():
+        lines += [f"## On the rows where {method} abstains [{label}]", "",
+                  f"Each method on the same rows (their count per fold in brackets): where {method} answers nothing, "
+                  "the rest must carry the row.", "", _markdown(frame), ""]
     lines += ["## Files", "", "- oof.csv: out-of-fold prediction and score per method and row",
               *[f"- {name}: {what}" for name, what in plots], "- parts/: per method and fold, reused by an identical rerun", ""]
     with atomic_write(folder / "report.md") as handle:

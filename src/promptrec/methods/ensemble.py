@@ -49,6 +49,7 @@ class EnsembleConfig:
     gate_folds: int = 3  # gate: inner folds for out-of-fold member predictions (one per source when rows name >1 source)
     gate_rows: int = 0  # gate: >0 predicts at most this many held-out rows per inner fold (LLM members are slow)
     gate_ridge: float = 1.0  # gate: L2 penalty of each member's score model
+    gate_calibrate: bool = True  # gate: per kind of row, a default member and margin chosen on the inner folds
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -157,7 +158,8 @@ class EnsembleMethod(UsesEmbedder):
             if count == 0:  # e.g. evidence on rewrites without lead-ins or titles (the demo's generated rows)
                 log.warning("gate: member %s answered none of the %d out-of-fold rows; the gate cannot rate it and "
                             "will never pick it (train on rows where it answers)", label, len(pairs))
-        return Gate.fit(list(self.members), features, scores, answered, self.config.gate_ridge)
+        groups = fold_of[np.concatenate(held)] if self.config.gate_calibrate else None
+        return Gate.fit(list(self.members), features, scores, answered, self.config.gate_ridge, groups)
 
     def _reference(self, members: dict[str, Method], pairs: pd.DataFrame) -> np.ndarray | None:
         """(n, d) the first member's predicted embeddings, if a member predicts embeddings."""
