@@ -19,6 +19,7 @@ from promptrec.explain import (
     render,
 )
 from promptrec.methods.base import FALLBACK_PROMPT, from_name, load_method, never_blank
+from promptrec.methods.form import form_features
 from promptrec.methods.gate import FEATURES, Gate
 from promptrec.metric import load_embedder, score
 from promptrec.pipeline import fit_ensemble
@@ -27,7 +28,7 @@ PIRATE = "Rewrite this as a pirate's tale."
 LEAD_IN = "Sure, here's the text rewritten as a pirate's tale:\n\nArr, the gatherin' be moved to Thursday, matey!"
 PHRASE = "the text rewritten as a pirate's tale"  # what find_evidence reads in LEAD_IN, at characters 13-50
 PLAIN = "Fresh bread at dawn, warm and sweet; on Sundays we close at noon."
-KEYS = ["id", "method", "mode", "original_text", "rewritten_text", "evidence", "candidates", "gate", "neighbours",
+KEYS = ["id", "method", "mode", "original_text", "rewritten_text", "evidence", "form", "candidates", "gate", "neighbours",
         "final_prompt", "fallback", "truth", "final_score", "embedder"]
 MEMBERS = ["best", "bank", "regressor", "evidence"]
 PROXY = "proxy (all-MiniLM-L6-v2)"
@@ -126,6 +127,11 @@ def test_rich_view_shows_every_member_prompt_and_the_evidence_span(capsys, model
         assert row[0] == (">" if candidate["label"] == doc["gate"]["choice"] else " ")
         assert f"{candidate['truth_score']:9.4f}" in row
     assert f"evidence lead_in: {PHRASE} (characters 13-50) -> 'as a pirate's tale', cue 'rewritten'" in lines
+    assert doc["form"] == form_features("The meeting moved to Thursday.", LEAD_IN)  # the form reader, all features
+    assert (doc["form"]["pirate"], doc["form"]["exclamations"], doc["form"]["verse_lines"], doc["form"]["emojis"]) == (2, 1, 2, 0)
+    form_line = next(line for line in lines if line.startswith("form "))
+    assert form_line.startswith("form lines 2, verse_lines 2, words 17, length_ratio") and "pirate 2" in form_line
+    assert "emojis" not in form_line  # zero features are left out of the view
     assert f"final prompt {doc['final_prompt']}" in lines and f"truth        {PIRATE}" in lines
     assert f"score        {doc['final_score']:.4f} [{PROXY}]" in lines
     nearest = doc["neighbours"]["bank"][0]

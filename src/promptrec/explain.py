@@ -22,6 +22,7 @@ from promptrec.methods.base import (
     CachesFeatures, Composite, CompositeConfig, Gated, Method, SearchesBank, UsesEmbedder, load_method, never_blank,
 )
 from promptrec.methods.evidence import Evidence, find_evidence
+from promptrec.methods.form import form_features
 from promptrec.methods.gate import FEATURES, OWN_FEATURES, ROW_FEATURES, member_agreement
 from promptrec.metric import Embedder, load_embedder, score
 
@@ -83,6 +84,7 @@ class Explanation:
     original_text: str
     rewritten_text: str
     evidence: Evidence | None  # found in the raw rewrite
+    form: dict[str, float]  # the form reader's features of the rewrite and its change (methods/form.py)
     candidates: list[Candidate]
     gate: GateView | None
     neighbours: dict[str, list[Neighbour]]  # member label -> its nearest bank prompts, best first
@@ -186,7 +188,7 @@ def explain(method: Method, case: Case, top_k: int = 5) -> Explanation:
     return Explanation(
         id=case.id, method=method.name, mode=method.config.mode if isinstance(method.config, CompositeConfig) else None,
         original_text=case.original, rewritten_text=case.rewritten, evidence=find_evidence(case.rewritten),
-        candidates=candidates, gate=_gate_view(method, pairs, predictions) if gated else None,
+        form=form_features(case.original, case.rewritten), candidates=candidates, gate=_gate_view(method, pairs, predictions) if gated else None,
         neighbours=_neighbours(members, pairs, top_k), final_prompt=final, fallback=fallback,
         truth=case.truth, final_score=truth_of[final], embedder=embedder.label,
     )
@@ -261,6 +263,12 @@ def _evidence_line(evidence: Evidence | None) -> Text:
                          f" (characters {evidence.span[0]}-{evidence.span[1]}) -> '{evidence.core}'{cue}")
 
 
+def _form_line(form: dict[str, float]) -> Text:
+    """The form reader's non-zero features, by name (`to_json` has all of them)."""
+    shown = ", ".join(f"{name} {value:g}" for name, value in form.items() if value)
+    return Text.assemble(("form ", "bold"), shown or "(every feature zero)")
+
+
 def _candidate_lines(found: Explanation) -> list[Text]:
     """A header, then one line per member: the gate's pick marked '>', its numbers, its prompt last and whole."""
     chosen = found.gate.choice if found.gate else None
@@ -300,7 +308,7 @@ def render(found: Explanation) -> Group:
     parts: list[RenderableType] = [Text.assemble(("case ", "bold"), found.id, ("  method ", "bold"), how,
                                  ("  cosines and scores ", "bold"), f"[{found.embedder}]"),
                    Rule("rewritten text"), highlighted_rewrite(found), _evidence_line(found.evidence),
-                   Rule("candidates"), *_candidate_lines(found)]
+                   _form_line(found.form), Rule("candidates"), *_candidate_lines(found)]
     if found.gate:
         parts += _gate_lines(found.gate)
     if found.neighbours:
