@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from regressor_loso import FILES  # noqa: E402
 from regressor import SHARED  # noqa: E402
+from regressor_loso import FILES  # noqa: E402
 
 WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # candidate bank-cosine weights of the mix
 
@@ -66,15 +66,12 @@ def main() -> None:
         start = time.perf_counter()
         ranking = method.rank(test)
         seconds, ranked = seconds + time.perf_counter() - start, ranked + len(test)
-        queries = method.bank_queries(test)  # (n, d)
         truth = embedder.encode(test[PROMPT].tolist())  # (n, d)
         for row, prompts in enumerate(ranking.prompts):
-            prompt_emb = embedder.encode(prompts)  # (K, d)
-            cosine = prompt_emb @ queries[row] / np.linalg.norm(queries[row])
-            metric = sharpen(prompt_emb @ truth[row])
+            metric = sharpen(embedder.encode(prompts) @ truth[row])  # (K,)
             for rank, prompt in enumerate(prompts):
-                records.append({"fold": name, "row": row, "rank": rank, "prompt": prompt, "cosine": float(cosine[rank]),
-                                "lm": float(ranking.scores[row, rank]), "score": float(metric[rank])})
+                records.append({"fold": name, "row": row, "rank": rank, "prompt": prompt, "score": float(metric[rank]),
+                                "lm": float(ranking.scores[row, rank]), "cosine": float(ranking.cosines[row, rank])})
         print(f"fold {fold + 1} ({name}): ranked {len(test)} rows", flush=True)
     frame = pd.DataFrame(records)
     if args.out:

@@ -282,14 +282,17 @@ def test_a_rerank_member_shows_its_scores_of_its_candidates_and_the_other_member
     ranking = ensemble.members["rerank"].rank(case.pairs(), {"pirate": [pirate]})
     view = found.rerank["rerank"]
     assert list(found.rerank) == ["rerank"] and view.baseline == pytest.approx(ranking.baseline[0])
-    expected = sorted(zip(ranking.prompts[0], ranking.scores[0]), key=lambda item: -item[1])
-    assert [(c.prompt, c.score) for c in view.candidates] == [(p, pytest.approx(s)) for p, s in expected]
+    expected = sorted(zip(ranking.prompts[0], ranking.scores[0], ranking.cosines[0]), key=lambda c: -(c[1] + c[2]))
+    assert [(c.prompt, c.score, c.cosine) for c in view.candidates] == [
+        (p, pytest.approx(s), pytest.approx(c)) for p, s, c in expected]
+    assert view.cosine_weight == 1.0  # the default: ranked by score + cosine
     assert len(view.candidates) == 3 and pirate in ranking.prompts[0][2:]  # 2 bank neighbours, then the member's
     assert [c.members for c in view.candidates if c.prompt == pirate] == [["pirate"]]
     own = [c for c in view.candidates if c.prompt in ranking.prompts[0][:2]]
     assert found.candidates[1].prompt == own[0].prompt and all(c.members == [] for c in own)
     lines = _view(found)
-    assert f"   1  {view.candidates[0].score:+.4f}  {view.candidates[0].prompt}" in "\n".join(lines)
+    top = view.candidates[0]
+    assert f"   1  {top.score:+.4f}  {top.cosine:7.4f}  {top.prompt}" in "\n".join(lines)
 
 
 def test_a_method_that_abstains_gets_the_fallback_prompt(word_embedder):

@@ -87,28 +87,36 @@ def test_a_uniform_lm_scores_every_candidate_zero_against_a_baseline_of_minus_lo
     method = _method(tiny_llama_dir, word_embedder, k=4)
     method.load_model()
     torch.nn.init.zeros_(method.model.lm_head.weight)  # every next token equally likely
-    ranking = method.rank(_triples().iloc[:3])
+    pairs = _triples().iloc[:3]
+    ranking = method.rank(pairs)
     vocab = method.model.config.vocab_size
     assert ranking.baseline == pytest.approx([-np.log(vocab)] * 3, abs=1e-5)
     assert ranking.scores == pytest.approx(np.zeros((3, 4)), abs=1e-6)
-    assert ranking.best() == [ranking.prompts[row][0] for row in range(3)]  # ties go to the nearest bank prompt
+    _, cosines = method.bank.nearest(method.bank_queries(pairs), 4)
+    assert ranking.cosines == pytest.approx(cosines, abs=1e-6) and ranking.cosine_weight == 1.0  # the default
+    assert ranking.best() == [ranking.prompts[row][0] for row in range(3)]  # equal scores: the nearest bank prompt
 
 
 def test_extra_candidates_are_scored_once_and_short_rows_pad_with_minus_inf(tiny_llama_dir, word_embedder, one_thread):
-    method = _method(tiny_llama_dir, word_embedder, k=1)
+    method = _method(tiny_llama_dir, word_embedder, k=1, query="rewritten")
     pairs = _triples().iloc[:2]
     nearest = method.rank(pairs).prompts
-    extra = {"a": ["Say it like a cowboy.", nearest[1][0]], "b": [None, "  "]}  # a repeat, an abstention, a blank
+    extra = {"a": ["Say it like a pirate.", nearest[1][0]], "b": [None, "  "]}  # a repeat, an abstention, a blank
     ranking = method.rank(pairs, extra)
-    assert ranking.prompts == [[nearest[0][0], "Say it like a cowboy."], nearest[1]]
+    assert ranking.prompts == [[nearest[0][0], "Say it like a pirate."], nearest[1]]
     assert ranking.scores.shape == (2, 2) and np.isfinite(ranking.scores[0]).all() and ranking.scores[1, 1] == -np.inf
     assert ranking.best()[1] == nearest[1][0]
+    # a prompt outside the bank is embedded for its cosine: the pirate axis vs a rewrite of no known word, (1,1,1,1)/2
+    assert ranking.cosines[0, 1] == pytest.approx(0.5) and ranking.cosines[1, 1] == 0.0
 
 
-def test_ranking_best_takes_the_highest_score_per_row():
+def test_ranking_picks_the_highest_score_plus_weighted_cosine_per_row():
     scores = np.array([[0.1, 0.3, -1.0], [-0.2, -0.5, -np.inf]])  # the second row has two candidates
-    ranking = Ranking([["a", "b", "c"], ["d", "e"]], scores, np.zeros(2))
-    assert ranking.best() == ["b", "d"]
+    cosines = np.array([[0.9, 0.5, 0.1], [0.2, 0.6, 0.0]])
+    ranking = Ranking([["a", "b", "c"], ["d", "e"]], scores, cosines, np.zeros(2))
+    assert ranking.best() == ["b", "d"]  # weight 0: the score alone
+    ranking.cosine_weight = 1.0  # a: 0.1 + 0.9 = 1.0 beats b: 0.8; e: 0.1 beats d: 0.0
+    assert ranking.keys()[0] == pytest.approx([1.0, 0.8, -0.9]) and ranking.best() == ["a", "e"]
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +155,7 @@ def planted_lm_dir(tiny_llama_dir, tmp_path_factory):
 
 def test_the_planted_prompt_ranks_first_and_survives_save_and_load(planted_lm_dir, tiny_t5_embedder_dir, tmp_path,
                                                                   one_thread):
-    method = _method(planted_lm_dir, k=4, embedder=str(tiny_t5_embedder_dir))
+    method = _method(planted_lm_dir, k=4, cosine_weight=0.0, embedder=str(tiny_t5_embedder_dir))
     pairs = _triples().drop(columns="rewrite_prompt")
     ranking = method.rank(pairs)
     assert all(sorted(row) == sorted(PROMPTS) for row in ranking.prompts)  # every row scores all four prompts
@@ -163,6 +171,7 @@ def test_the_planted_prompt_ranks_first_and_survives_save_and_load(planted_lm_di
 
 def test_bad_options_and_an_unfitted_method_are_one_line_errors():
     for options, message in (({"k": 0}, "k must be at least 1"), ({"text_tokens": -1}, "text_tokens must be 0 or more"),
+                             ({"cosine_weight": -0.5}, "cosine_weight must be 0 or more"),
                              ({"query": "x"}, "query must be one of"), ({"view": "x"}, "view must be one of")):
         with pytest.raises(DataError, match=message):
             from_name("rerank", **options)

@@ -78,6 +78,7 @@ class Reranked:
 
     prompt: str
     score: float  # mean log p(rewrite | prompt, original) - mean log p(rewrite | original)
+    cosine: float  # to the rerank member's bank query; the member picks the best score + cosine_weight * cosine
     members: list[str]  # the other members whose prompt it is (empty: one of the rerank member's bank neighbours)
 
 
@@ -86,7 +87,8 @@ class RerankView:
     """A rerank member's likelihood scores for the case."""
 
     baseline: float  # mean log p(rewrite tokens | original): the no-prompt normaliser
-    candidates: list[Reranked]  # best first
+    cosine_weight: float
+    candidates: list[Reranked]  # best first (highest score + cosine_weight * cosine)
 
 
 @dataclass
@@ -258,10 +260,11 @@ def _reranked(members: dict[str, Method], pairs: pd.DataFrame, prompts: dict[str
         if isinstance(member, RanksCandidates):
             others = {other: prompt for other, prompt in prompts.items() if other != label}
             ranking = member.rank(pairs, {other: [prompt] for other, prompt in others.items()})
-            scored = sorted(zip(ranking.prompts[0], ranking.scores[0]), key=lambda item: -item[1])
-            found[label] = RerankView(float(ranking.baseline[0]), [
-                Reranked(prompt, float(score), [other for other, p in others.items() if p and p.strip() == prompt])
-                for prompt, score in scored])
+            order = np.argsort(-ranking.keys()[0], kind="stable")[: len(ranking.prompts[0])]
+            found[label] = RerankView(float(ranking.baseline[0]), ranking.cosine_weight, [
+                Reranked(ranking.prompts[0][i], float(ranking.scores[0, i]), float(ranking.cosines[0, i]),
+                         [other for other, p in others.items() if p and p.strip() == ranking.prompts[0][i]])
+                for i in order])
     return found
 
 
@@ -337,9 +340,12 @@ def render(found: Explanation) -> Group:
             parts += [Text(f"  {rank:>2}  {n.cosine:.4f}  {n.prompt}") for rank, n in enumerate(near, 1)]
     for label, view in found.rerank.items():
         parts.append(Rule(f"{label}: mean log p of the rewrite after each prompt, minus {view.baseline:.4f} without"))
+        parts.append(Text(f"  {'':>2}  {'score':>7}  {'cosine':>7}  ranked by score + {view.cosine_weight:g} x cosine",
+                          style="dim"))
         for rank, c in enumerate(view.candidates, 1):
             proposed = f"  [{', '.join(c.members)}]" if c.members else ""
-            parts.append(Text(f"  {rank:>2}  {c.score:+.4f}  {c.prompt}").append(proposed, style="dim"))
+            line = Text(f"  {rank:>2}  {c.score:+.4f}  {c.cosine:7.4f}  {c.prompt}")
+            parts.append(line.append(proposed, style="dim"))
     parts += [Rule("final"), Text.assemble(("final prompt ", "bold"), (found.final_prompt, "bold green"),
                                            " (fallback: the method abstained)" if found.fallback else "")]
     if found.truth:
