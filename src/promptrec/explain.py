@@ -339,7 +339,7 @@ def render(found: Explanation) -> Group:
             parts.append(Text(label, style="bold"))
             parts += [Text(f"  {rank:>2}  {n.cosine:.4f}  {n.prompt}") for rank, n in enumerate(near, 1)]
     for label, view in found.rerank.items():
-        parts.append(Rule(f"{label}: mean log p of the rewrite after each prompt, minus {view.baseline:.4f} without"))
+        parts.append(Rule(f"{label}: mean log p of the rewrite after each prompt, minus {view.baseline:.4f} (none)"))
         parts.append(Text(f"  {'':>2}  {'score':>7}  {'cosine':>7}  ranked by score + {view.cosine_weight:g} x cosine",
                           style="dim"))
         for rank, c in enumerate(view.candidates, 1):
