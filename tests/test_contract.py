@@ -108,6 +108,7 @@ CAPABILITIES = {  # name -> (model fields, extra, searches a bank, predicts embe
     "evidence": (("embedder",), None, False, False, False, False),
     "ensemble": (("embedder",), None, False, False, True, False),
     "form": (("embedder",), None, False, False, False, False),
+    "rerank": (("model", "embedder"), "llm", True, False, False, False),
 }
 
 
@@ -136,7 +137,7 @@ VIEWED = [name for name in METHODS if "view" in {f.name for f in dataclasses.fie
 
 
 def test_text_view_cuts_the_rewriters_statements():
-    assert VIEWED == ["bank", "regressor", "lora", "fewshot"]  # every method that reads the rewrite
+    assert VIEWED == ["bank", "regressor", "lora", "fewshot", "rerank"]  # every method that reads the rewrite
     stripped = text_view(EVIDENT.head(2), "stripped")["rewritten_text"].tolist()
     assert stripped == ["Arr, the meeting be Thursday.", "A Tale\nKindly ensure the door is locked."]
     assert text_view(EVIDENT, "raw") is EVIDENT and EVIDENT["rewritten_text"][0].startswith("Sure, here's")

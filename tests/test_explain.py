@@ -29,7 +29,7 @@ LEAD_IN = "Sure, here's the text rewritten as a pirate's tale:\n\nArr, the gathe
 PHRASE = "the text rewritten as a pirate's tale"  # what find_evidence reads in LEAD_IN, at characters 13-50
 PLAIN = "Fresh bread at dawn, warm and sweet; on Sundays we close at noon."
 KEYS = ["id", "method", "mode", "original_text", "rewritten_text", "evidence", "form", "candidates", "gate", "neighbours",
-        "final_prompt", "fallback", "truth", "final_score", "embedder"]
+        "rerank", "final_prompt", "fallback", "truth", "final_score", "embedder"]
 MEMBERS = ["best", "bank", "regressor", "evidence"]
 PROXY = "proxy (all-MiniLM-L6-v2)"
 
@@ -244,12 +244,13 @@ def test_missing_model_folder_and_bad_top_k(capsys, cases, tmp_path):
 
 def test_render_draws_a_view_without_a_gate_or_truth():
     found = Explanation(id="r1", method="bank", mode=None, original_text="a", rewritten_text="b", evidence=None,
-                        candidates=[Candidate("bank", "bank", "Make it a poem.", None, None)], gate=None,
-                        neighbours={"bank": [Neighbour("Make it a poem.", 0.5)]}, final_prompt="Make it a poem.",
-                        fallback=False, truth=None, final_score=None, embedder="toy")
+                        form={"words": 1.0, "emojis": 0.0}, candidates=[Candidate("bank", "bank", "Make it a poem.", None, None)], gate=None,
+                        neighbours={"bank": [Neighbour("Make it a poem.", 0.5)]}, rerank={},
+                        final_prompt="Make it a poem.", fallback=False, truth=None, final_score=None, embedder="toy")
     lines = _view(found)
     assert lines[0] == "case r1  method bank  cosines and scores [toy]"
-    assert lines[5:7] == ["  member  method  agreement  prompt", "  bank    bank            -  Make it a poem."]
+    assert lines[4] == "form words 1"  # non-zero form features only
+    assert lines[6:8] == ["  member  method  agreement  prompt", "  bank    bank            -  Make it a poem."]
     assert lines[-1] == "final prompt Make it a poem." and "   1  0.5000  Make it a poem." in lines
 
 
@@ -274,6 +275,33 @@ def test_an_ensemble_without_a_gate_shows_each_member_agreement_and_score(word_e
     assert lines[0] == "case r1  method ensemble (select over pirate, formal, poem, evidence)  cosines and scores " \
                        "[fixture (4 words)]"
     assert "  formal    constant     0.0000     0.0000  Make it formal." in lines
+
+
+def test_a_rerank_member_shows_its_scores_of_its_candidates_and_the_other_members_prompts(word_embedder, tiny_llama_dir,
+                                                                                         one_thread):
+    pirate = "Make it a pirate tale."
+    ensemble = from_name("ensemble", members=["pirate=constant", "rerank"], mode="select",
+                         member_config={"pirate": {"prompt": pirate}, "rerank": {"model": str(tiny_llama_dir), "k": 2}})
+    ensemble.embedder = ensemble.members["rerank"].embedder = word_embedder
+    prompts = ["Make it formal.", "Turn it into a poem.", "Make it short.", pirate]
+    ensemble.fit(pd.DataFrame({"id": list("abcd"), "original_text": ["Bread daily."] * 4, "rewrite_prompt": prompts,
+                               "rewritten_text": [PLAIN] * 4}))
+    case = Case("r1", "Bread daily.", PLAIN)
+    found = explain(ensemble, case)
+    ranking = ensemble.members["rerank"].rank(case.pairs(), {"pirate": [pirate]})
+    view = found.rerank["rerank"]
+    assert list(found.rerank) == ["rerank"] and view.baseline == pytest.approx(ranking.baseline[0])
+    expected = sorted(zip(ranking.prompts[0], ranking.scores[0], ranking.cosines[0]), key=lambda c: -(c[1] + c[2]))
+    assert [(c.prompt, c.score, c.cosine) for c in view.candidates] == [
+        (p, pytest.approx(s), pytest.approx(c)) for p, s, c in expected]
+    assert view.cosine_weight == 1.0  # the default: ranked by score + cosine
+    assert len(view.candidates) == 3 and pirate in ranking.prompts[0][2:]  # 2 bank neighbours, then the member's
+    assert [c.members for c in view.candidates if c.prompt == pirate] == [["pirate"]]
+    own = [c for c in view.candidates if c.prompt in ranking.prompts[0][:2]]
+    assert found.candidates[1].prompt == own[0].prompt and all(c.members == [] for c in own)
+    lines = _view(found)
+    top = view.candidates[0]
+    assert f"   1  {top.score:+.4f}  {top.cosine:7.4f}  {top.prompt}" in "\n".join(lines)
 
 
 def test_a_method_that_abstains_gets_the_fallback_prompt(word_embedder):

@@ -1,7 +1,7 @@
 """`promptrec explain`: audit one case of a saved method: the evidence in the rewrite, what each member proposed and
-how far it agrees with the others, the gate's choice and features, the nearest bank prompts, and, given the truth,
-every candidate's score. `explain` returns it as data; `render` draws it with Rich; a method opened with
-`open_model` writes nothing to disk."""
+how far it agrees with the others, the gate's choice and features, the nearest bank prompts, a rerank member's
+likelihood scores, and, given the truth, every candidate's score. `explain` returns it as data; `render` draws it
+with Rich; a method opened with `open_model` writes nothing to disk."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from rich.text import Text
 
 from promptrec.data import ID, ORIGINAL, PAIR_COLUMNS, PROMPT, REWRITTEN, DataError, read_table
 from promptrec.methods.base import (
-    CachesFeatures, Composite, CompositeConfig, Gated, Method, SearchesBank, UsesEmbedder, load_method, never_blank,
+    CachesFeatures, Composite, CompositeConfig, Gated, Method, RanksCandidates, SearchesBank, UsesEmbedder, load_method,
+    never_blank,
 )
 from promptrec.methods.evidence import Evidence, find_evidence
 from promptrec.methods.form import form_features
@@ -75,6 +76,25 @@ class Neighbour:
 
 
 @dataclass
+class Reranked:
+    """A candidate prompt a rerank member scored, and the members that proposed it."""
+
+    prompt: str
+    score: float  # mean log p(rewrite | prompt, original) - mean log p(rewrite | original)
+    cosine: float  # to the rerank member's bank query; the member picks the best score + cosine_weight * cosine
+    members: list[str]  # the other members whose prompt it is (empty: one of the rerank member's bank neighbours)
+
+
+@dataclass
+class RerankView:
+    """A rerank member's likelihood scores for the case."""
+
+    baseline: float  # mean log p(rewrite tokens | original): the no-prompt normaliser
+    cosine_weight: float
+    candidates: list[Reranked]  # best first (highest score + cosine_weight * cosine)
+
+
+@dataclass
 class Explanation:
     """Everything `explain` found for one case; every cosine and score is on the embedder named by `embedder`."""
 
@@ -88,6 +108,7 @@ class Explanation:
     candidates: list[Candidate]
     gate: GateView | None
     neighbours: dict[str, list[Neighbour]]  # member label -> its nearest bank prompts, best first
+    rerank: dict[str, RerankView]  # rerank member label -> its scores of its candidates and the other members' prompts
     final_prompt: str  # what `recover` writes for the case
     fallback: bool  # the method (every member of an ensemble) abstained: `final_prompt` came from the fallback
     truth: str | None
@@ -188,8 +209,9 @@ def explain(method: Method, case: Case, top_k: int = 5) -> Explanation:
     return Explanation(
         id=case.id, method=method.name, mode=method.config.mode if isinstance(method.config, CompositeConfig) else None,
         original_text=case.original, rewritten_text=case.rewritten, evidence=find_evidence(case.rewritten),
-        form=form_features(case.original, case.rewritten), candidates=candidates, gate=_gate_view(method, pairs, predictions) if gated else None,
-        neighbours=_neighbours(members, pairs, top_k), final_prompt=final, fallback=fallback,
+        form=form_features(case.original, case.rewritten), candidates=candidates,
+        gate=_gate_view(method, pairs, predictions) if gated else None, neighbours=_neighbours(members, pairs, top_k),
+        rerank=_reranked(members, pairs, prompts), final_prompt=final, fallback=fallback,
         truth=case.truth, final_score=truth_of[final], embedder=embedder.label,
     )
 
@@ -234,6 +256,21 @@ def _neighbours(members: dict[str, Method], pairs: pd.DataFrame, top_k: int) -> 
         if isinstance(member, SearchesBank) and member.bank is not None:
             top, cosine = member.bank.nearest(member.bank_queries(pairs), top_k)  # (1, k) each
             found[label] = [Neighbour(member.bank.prompts[i], float(c)) for i, c in zip(top[0], cosine[0])]
+    return found
+
+
+def _reranked(members: dict[str, Method], pairs: pd.DataFrame, prompts: dict[str, str | None]) -> dict[str, RerankView]:
+    """Per rerank member, its likelihood scores of its own candidates and of the other members' prompts, best first."""
+    found = {}
+    for label, member in members.items():
+        if isinstance(member, RanksCandidates):
+            others = {other: prompt for other, prompt in prompts.items() if other != label}
+            ranking = member.rank(pairs, {other: [prompt] for other, prompt in others.items()})
+            order = np.argsort(-ranking.keys()[0], kind="stable")[: len(ranking.prompts[0])]
+            found[label] = RerankView(float(ranking.baseline[0]), ranking.cosine_weight, [
+                Reranked(ranking.prompts[0][i], float(ranking.scores[0, i]), float(ranking.cosines[0, i]),
+                         [other for other, p in others.items() if p and p.strip() == ranking.prompts[0][i]])
+                for i in order])
     return found
 
 
@@ -316,6 +353,14 @@ def render(found: Explanation) -> Group:
         for label, near in found.neighbours.items():
             parts.append(Text(label, style="bold"))
             parts += [Text(f"  {rank:>2}  {n.cosine:.4f}  {n.prompt}") for rank, n in enumerate(near, 1)]
+    for label, view in found.rerank.items():
+        parts.append(Rule(f"{label}: mean log p of the rewrite after each prompt, minus {view.baseline:.4f} (none)"))
+        parts.append(Text(f"  {'':>2}  {'score':>7}  {'cosine':>7}  ranked by score + {view.cosine_weight:g} x cosine",
+                          style="dim"))
+        for rank, c in enumerate(view.candidates, 1):
+            proposed = f"  [{', '.join(c.members)}]" if c.members else ""
+            line = Text(f"  {rank:>2}  {c.score:+.4f}  {c.cosine:7.4f}  {c.prompt}")
+            parts.append(line.append(proposed, style="dim"))
     parts += [Rule("final"), Text.assemble(("final prompt ", "bold"), (found.final_prompt, "bold green"),
                                            " (fallback: the method abstained)" if found.fallback else "")]
     if found.truth:

@@ -40,6 +40,7 @@ METHODS: dict[str, str] = {
     "fewshot": "promptrec.methods.fewshot:FewShotMethod",
     "evidence": "promptrec.methods.evidence:EvidenceMethod",
     "form": "promptrec.methods.form:FormMethod",
+    "rerank": "promptrec.methods.rerank:RerankMethod",
     "ensemble": "promptrec.methods.ensemble:EnsembleMethod",
 }
 
@@ -132,6 +133,14 @@ class SearchesBank(Protocol):
 
     def bank_queries(self, pairs: pd.DataFrame) -> np.ndarray:
         """(n, dim) the queries `predict` searches the bank with."""
+
+
+@runtime_checkable
+class RanksCandidates(Protocol):
+    """A method that scores candidate prompts per row (rerank): its scores serve as gate features and `explain`."""
+
+    def rank(self, pairs: pd.DataFrame, extra: dict[str, list[str | None]] | None = None) -> Any:
+        """A methods.rerank.Ranking of each row's own candidates plus `extra` (label -> a prompt or None per row)."""
 
 
 @runtime_checkable
