@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from promptrec.data import TRIPLE_COLUMNS, DataError, read_table
-from promptrec.llm.base import load_generator
 from promptrec.methods.fewshot import FewShotConfig, FewShotMethod
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gemma_1100.csv"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import resource
 import subprocess
 import sys
 import tempfile

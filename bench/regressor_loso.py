@@ -15,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from regressor import SHARED  # noqa: E402
 from regressor_cv import MemoEmbedder  # noqa: E402

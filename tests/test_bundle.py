@@ -229,7 +229,7 @@ def test_small_bundle_installs_with_no_index_and_recovers(capsys, tmp_path, cons
     code, out, err = run(capsys, "bundle", "-o", bundle, "--model", constant_model, "--no-deps")
     wheel_bytes = (bundle / "wheels" / WHEEL).stat().st_size
     model_bytes = (constant_model / "method.json").stat().st_size
-    install = f"python -m pip install --no-index --find-links wheels --no-deps promptrec==0.1.0"
+    install = "python -m pip install --no-index --find-links wheels --no-deps promptrec==0.1.0"
     recover = "promptrec recover PAIRS.csv --model models -o submission.csv"
     assert code == 0 and out == (
         f"bundle -> {bundle}: 1 wheels {wheel_bytes / 1e6:.1f} MB, model {model_bytes / 1e6:.1f} MB "

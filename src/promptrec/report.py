@@ -85,7 +85,7 @@ def write_report(result) -> None:
         scheme = (f"- leave one source out: {len(folds.names)} folds, each holding out one file (files that share an "
                   "original text together) and training on the rest; no original text is on both sides; held out: "
                   + ", ".join(f"{name} ({size} rows)" for name, size in zip(folds.names, sizes)))
-        headline = [f"- headline: mean ± std over held-out sources (each source weighs the same); "
+        headline = ["- headline: mean ± std over held-out sources (each source weighs the same); "
                     "pooled: mean over every scored row"]
     else:
         scheme = (f"- {len(folds.names)} folds grouped by original_text (seed {settings.seed}); no original text is in "

@@ -188,17 +188,27 @@ class BankMethod(UsesEmbedder):
 
     def save(self, folder: Path) -> None:
         """Write method.json and the embedded bank."""
-        folder = Path(folder)
-        save_config(folder, self.name, self.config)
-        if self.bank is not None:
-            self.bank.save(folder)
+        save_banked(self, folder)
 
     @classmethod
     def load(cls, folder: Path) -> "BankMethod":
         """Read method.json and the bank; a bank of another embedding size than the embedder is an error."""
-        folder = Path(folder)
-        method = cls(load_saved(folder, cls)[0])
-        if (folder / BANK_TEXTS).is_file():
-            method.bank = PromptBank.load(folder)
-            check_dim(method.bank, method.embedder, str(folder))
-        return method
+        return load_banked(cls, folder)
+
+
+def save_banked(method, folder: Path) -> None:
+    """Write a method's method.json and, once fitted, its embedded `bank` (bank and rerank save alike)."""
+    folder = Path(folder)
+    save_config(folder, method.name, method.config)
+    if method.bank is not None:
+        method.bank.save(folder)
+
+
+def load_banked(cls, folder: Path):
+    """A `cls` from what `save_banked` wrote; a bank of another embedding size than its embedder is an error."""
+    folder = Path(folder)
+    method = cls(load_saved(folder, cls)[0])
+    if (folder / BANK_TEXTS).is_file():
+        method.bank = PromptBank.load(folder)
+        check_dim(method.bank, method.embedder, str(folder))
+    return method

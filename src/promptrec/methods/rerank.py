@@ -18,8 +18,8 @@ import pandas as pd
 
 from promptrec.data import ORIGINAL, REWRITTEN, DataError
 from promptrec.llm.templates import CHAT_REWRITE, FEWSHOT_REQUEST
-from promptrec.methods.bank import BANK_TEXTS, QUERIES, BankConfig, BankMethod, PromptBank, check_dim
-from promptrec.methods.base import UsesEmbedder, check_view, load_saved, save_config, text_view
+from promptrec.methods.bank import QUERIES, BankConfig, BankMethod, PromptBank, load_banked, save_banked
+from promptrec.methods.base import UsesEmbedder, check_view, text_view
 
 
 @dataclass
@@ -222,17 +222,9 @@ class RerankMethod(UsesEmbedder):
 
     def save(self, folder: Path) -> None:
         """Write method.json and the embedded bank (as the bank method does); the LM is named by the config."""
-        folder = Path(folder)
-        save_config(folder, self.name, self.config)
-        if self.bank is not None:
-            self.bank.save(folder)
+        save_banked(self, folder)
 
     @classmethod
     def load(cls, folder: Path) -> "RerankMethod":
         """Read method.json and the bank; the LM loads on first use."""
-        folder = Path(folder)
-        method = cls(load_saved(folder, cls)[0])
-        if (folder / BANK_TEXTS).is_file():
-            method.bank = PromptBank.load(folder)
-            check_dim(method.bank, method.embedder, str(folder))
-        return method
+        return load_banked(cls, folder)
