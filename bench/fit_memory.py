@@ -63,7 +63,10 @@ def measure(data: list[Path], methods: str | None, tmp: str) -> tuple[float, flo
         used = resource.getrusage(resource.RUSAGE_CHILDREN)
         return peak, time.perf_counter() - started, used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
     finally:
-        os.environ.pop("PROMPTREC_CACHE") if before is None else os.environ.update(PROMPTREC_CACHE=before)
+        if before is None:
+            del os.environ["PROMPTREC_CACHE"]
+        else:
+            os.environ["PROMPTREC_CACHE"] = before
 
 
 def main() -> None:

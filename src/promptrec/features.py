@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from promptrec.data import ORIGINAL, REWRITTEN, DataError, atomic_write
-from promptrec.models import bf16_autocast, load_pretrained, resolve_model
+from promptrec.models import bf16_autocast, cache_dir, load_pretrained, resolve_model
 from promptrec.progress import Steps
 
 DEFAULT_LAYERS = (-1, -2)
@@ -217,8 +217,6 @@ def sentence_features(model, folder: Path, device: str = "cpu") -> FeatureCache 
     """The process's `FeatureCache` that serves the SentenceTransformer `model` loaded from `folder` (its vectors are
     the normalised first block), when it is exactly a transformer stored at the folder's root, mean pooling and
     normalisation (the packaged MiniLM is); else None. Features go to the default cache folder, as the regressor's."""
-    from promptrec.models import cache_dir
-
     modules = folder / "modules.json"
     if [type(module).__name__ for module in model] != ["Transformer", "Pooling", "Normalize"] or not modules.is_file():
         return None

@@ -51,8 +51,8 @@ def ensemble_config(members: list[str] | None = None, options: dict[str, dict[st
     label, or "ensemble" for the ensemble itself, to its options."""
     options = {label: dict(values) for label, values in (options or {}).items()}
     own = options.pop(EnsembleMethod.name, {})
-    members = members or own.pop("members", None)
-    own.pop("members", None)  # members given as arguments win over a file's
+    recipe = own.pop("members", None)
+    members = members or recipe  # members given as arguments win over a file's
     if not members:
         defaults = {label: dict(values) for label, values in DEFAULT_OPTIONS.items()}
         own = {**defaults.pop(EnsembleMethod.name), **own}

@@ -97,13 +97,13 @@ def calibrate(predicted: np.ndarray, scores: np.ndarray, answered: np.ndarray,
         full = [m for m in range(len(scores)) if kind[m]]
         if not full:
             continue  # every member abstained on these rows: nothing to choose
-        parts = [rows[groups[rows] == g] for g in np.unique(groups[rows])]
-        best = [max(scores[m, part].mean() for m in full) for part in parts]
+        masks = [groups[rows] == g for g in np.unique(groups[rows])]  # over `rows`: one per inner fold
+        best = [max(scores[m, rows[mask]].mean() for m in full) for mask in masks]
         options = []
         for default in full:
             for margin in MARGINS:
                 picked = scores[favoured(predicted[:, rows], default, margin), rows]
-                means = [picked[np.isin(rows, part)].mean() for part in parts]
+                means = [picked[mask].mean() for mask in masks]
                 options.append((round(max(b - v for b, v in zip(best, means)), 4), default, margin))
         _, default, margin = min(options, key=lambda option: option[0])  # ties: the earlier member, the wider margin
         kinds.append(kind)

@@ -203,14 +203,15 @@ class RerankMethod(UsesEmbedder):
             baseline.append(means[0])
         width = max((len(s) for s in scores), default=0)
         table, cosines = np.full((len(scores), width), -np.inf), np.zeros((len(scores), width))
+        index = {prompt: i for i, prompt in enumerate(self.bank.prompts)}  # once per call, not per row
         for row, values in enumerate(scores):
             table[row, : len(values)] = values
-            cosines[row, : len(values)] = self.cosines(prompts[row], queries[row])
+            cosines[row, : len(values)] = self.cosines(prompts[row], queries[row], index)
         return Ranking(prompts, table, cosines, np.array(baseline, dtype=np.float64), cfg.cosine_weight)
 
-    def cosines(self, prompts: list[str], query: np.ndarray) -> np.ndarray:
-        """(len(prompts),) cosine of each prompt to a bank `query`; prompts outside the bank are embedded here."""
-        index = {prompt: i for i, prompt in enumerate(self.bank.prompts)}
+    def cosines(self, prompts: list[str], query: np.ndarray, index: dict[str, int]) -> np.ndarray:
+        """(len(prompts),) cosine of each prompt to a bank `query`; `index` maps bank prompts to their rows, prompts
+        outside the bank are embedded here."""
         outside = [p for p in prompts if p not in index]
         found = dict(zip(outside, self.embedder.encode(outside))) if outside else {}
         prompt_emb = np.stack([self.bank.embeddings[index[p]] if p in index else found[p] for p in prompts])  # (c, d)
