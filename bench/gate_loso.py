@@ -63,8 +63,13 @@ def main() -> None:
     parser.add_argument("--mean-seconds", type=float, default=0, help=">0: also a mean prompt (optimize-prompt) "
                         "per outer fold, alone and appended to each member's prompt")
     parser.add_argument("--mean-steps", type=int, default=30)
+    parser.add_argument("--option", action="append", default=[], help="label={yaml options} of a member; repeatable")
+    parser.add_argument("--base", default="best,bank,regressor,evidence",
+                        help="the gate's four members, in the roles of best, bank, regressor, evidence")
     parser.add_argument("--out", type=Path, default=Path("out/gate_loso"))
     args = parser.parse_args()
+
+    import yaml
 
     from promptrec.data import ORIGINAL, PROMPT, SOURCE, read_triples
     from promptrec.methods.base import parse_members
@@ -74,6 +79,9 @@ def main() -> None:
     table = read_triples([SHARED / f"{name}.csv" for name in FILES])
     fold_of, names = source_folds(table[SOURCE].tolist(), table[ORIGINAL].tolist())
     memo = DiskMemo(load_embedder("proxy"), Path(args.out) / "embeddings")
+    for text in args.option:
+        label, _, body = text.partition("=")
+        OPTIONS[label] = yaml.safe_load(body) or {}
     specs = parse_members([m for m in (args.members + "," + args.extra).split(",") if m])
     labels = [label for label, _ in specs]
 
@@ -120,7 +128,8 @@ def main() -> None:
                 cache_path.write_text(json.dumps(cache))
             means[s] = cache[key][str(s)]
             print(f"mean prompt without {names[s]}: {means[s]}", flush=True)
-    results = evaluate(table, plan, cache, labels, memo, truth_emb, variants, means)
+    base = args.base.split(",")
+    results = evaluate(table, plan, cache, labels, memo, truth_emb, lambda every: variants(every, base), means)
     memo.save()
     print_tables(results, names, labels)
 
@@ -213,16 +222,17 @@ def evaluate(table, plan, cache: dict, labels: list[str], memo, truth_emb: np.nd
     return results
 
 
-def variants(labels: list[str]) -> dict:
-    """Gate variants by name, over the positions of the members in `labels`."""
+def variants(labels: list[str], roles: list[str]) -> dict:
+    """Gate variants by name, over the positions of the members in `labels`; `roles`: the labels playing best,
+    bank, regressor and evidence."""
     at = {label: i for i, label in enumerate(labels)}
-    base = [at[x] for x in ("best", "bank", "regressor", "evidence")]
+    base = [at[x] for x in roles]
     out = {"gate": plain_gate(labels, base), "gate calibrated (default)": plain_gate(labels, base, calibrate=True),
            "gate reading the form": plain_gate(labels, base, form=True)}
     if "form" in at:
         out["gate +form member"] = plain_gate(labels, base + [at["form"]], form=True)
     if "mean" in at:
-        joined = [at["mean"]] + [at[f"{x}+mean"] for x in ("best", "bank", "regressor", "evidence")]
+        joined = [at["mean"]] + [at[f"{x}+mean"] for x in roles]
         out["gate +mean"] = plain_gate(labels, base + [at["mean"]])
         out["gate +mean +joined"] = plain_gate(labels, base + joined)
         out["gate calibrated +mean +joined"] = plain_gate(labels, base + joined, calibrate=True)

@@ -127,7 +127,7 @@ def test_bank_config_rejects_bad_query():
 
 
 def test_bank_method_save_load_and_dimension_check(tmp_path, tiny_t5_embedder_dir):
-    method = from_name("bank", embedder=str(tiny_t5_embedder_dir))
+    method = from_name("bank", embedder=str(tiny_t5_embedder_dir), written=False)
     method.fit(PAIRS)
     method.save(tmp_path / "m")
     loaded = load_method(tmp_path / "m")
@@ -163,3 +163,17 @@ def test_a_saved_bank_is_not_loaded_as_another_method(tmp_path):
     method.save(tmp_path / "m")
     with pytest.raises(DataError, match=r"holds a saved 'bank' method, not 'regressor'"):
         RegressorMethod.load(tmp_path / "m")
+
+
+def test_written_prompts_join_the_bank_and_are_cached(tmp_path):
+    from promptrec.prompts import written_prompts
+
+    written = written_prompts()
+    assert len(written) == len(set(written)) > 5000
+    assert "Convert this into a haiku." in written and "Rewrite this as an Instagram caption in a sad tone." in written
+    assert "Turn this into a user guide." in written  # "a" kept before a consonant sound
+    embedder = AxisEmbedder()
+    bank = build_bank(embedder, ["a mine"], [], tmp_path, written=True)
+    assert bank.prompts == ["a mine", *written]
+    build_bank(embedder, [], [], tmp_path, written=True)
+    assert embedder.calls == 2  # training prompts once each fit; the written ones came from the cache the second time

@@ -242,8 +242,18 @@ def test_training_is_reproducible_with_the_seed():
 
 def _method(tiny_bert, embedder: Path, tmp_path: Path, **extra):
     options = dict(backbone=str(tiny_bert), embedder=str(embedder), max_length=32, multiplier=1, epochs=3,
-                   batch_size=8, cache_dir=str(tmp_path / "cache"))
+                   batch_size=8, cache_dir=str(tmp_path / "cache"), written=False)
     return from_name("regressor", **{**options, **extra})
+
+
+def test_the_decoding_bank_holds_the_written_prompts_by_default(tiny_bert, tiny_bert_embedder, tmp_path):
+    from promptrec.prompts import written_prompts
+
+    pairs = _pairs(12)
+    method = _method(tiny_bert, tiny_bert_embedder, tmp_path, written=True)
+    method.fit(pairs)
+    assert method.bank.prompts == list(dict.fromkeys(pairs.rewrite_prompt)) + list(written_prompts())
+    assert RegressorConfig().written  # the default
 
 
 def test_fit_predict_save_load_round_trip(tiny_bert, tiny_bert_embedder, tmp_path, caplog):

@@ -155,7 +155,7 @@ def planted_lm_dir(tiny_llama_dir, tmp_path_factory):
 
 def test_the_planted_prompt_ranks_first_and_survives_save_and_load(planted_lm_dir, tiny_t5_embedder_dir, tmp_path,
                                                                   one_thread):
-    method = _method(planted_lm_dir, k=4, cosine_weight=0.0, embedder=str(tiny_t5_embedder_dir))
+    method = _method(planted_lm_dir, k=4, cosine_weight=0.0, embedder=str(tiny_t5_embedder_dir), written=False)
     pairs = _triples().drop(columns="rewrite_prompt")
     ranking = method.rank(pairs)
     assert all(sorted(row) == sorted(PROMPTS) for row in ranking.prompts)  # every row scores all four prompts

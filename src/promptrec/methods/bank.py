@@ -15,6 +15,7 @@ from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write,
 from promptrec.methods.base import UsesEmbedder, check_view, load_saved, safe_child, save_config, text_view
 from promptrec.metric import load_embeddings, save_embeddings, sharpen
 from promptrec.models import cache_dir
+from promptrec.prompts import written_prompts
 
 BANK_TEXTS = "bank.json"
 BANK_WEIGHTS = "bank.safetensors"
@@ -53,6 +54,11 @@ class PromptBank:
         prompts = list(dict.fromkeys(p.strip() for p in read_texts(path, PROMPT) if p.strip()))
         if not prompts:
             raise DataError(f"{path}: no prompts in this bank file")
+        return cls.cached(prompts, embedder, cache)
+
+    @classmethod
+    def cached(cls, prompts: list[str], embedder, cache: str | Path = "") -> "PromptBank":
+        """A bank of distinct `prompts` whose embeddings are cached under `cache` (default: `models.cache_dir`)."""
         digest = hashlib.sha256(("\x00".join(prompts) + "\x01" + embedder.label).encode("utf-8")).hexdigest()[:24]
         npy = cache_dir(cache) / "bank" / f"{digest}.npy"
         emb = load_embeddings(npy, prompts, embedder)
@@ -115,10 +121,12 @@ class PromptBank:
         return cls(prompts, emb)
 
 
-def build_bank(embedder, prompts: list[str], files: list[str], cache: str = "") -> PromptBank:
-    """The bank of `prompts` plus every prompt in `files` (their embeddings cached under `cache`), by `embedder`."""
+def build_bank(embedder, prompts: list[str], files: list[str], cache: str = "", written: bool = False) -> PromptBank:
+    """The bank of `prompts` plus every prompt in `files` and, if `written`, the prompts this project wrote
+    (`promptrec.prompts`; those two cached under `cache`), by `embedder`."""
     banks = [PromptBank.build(prompts, embedder)] if any(p.strip() for p in prompts) else []
     banks += [PromptBank.from_file(f, embedder, cache) for f in files]
+    banks += [PromptBank.cached(list(written_prompts()), embedder, cache)] if written else []
     if not banks:
         raise DataError("the prompt bank is empty: give training prompts or a bank file")
     return PromptBank.concat(banks)
@@ -138,6 +146,7 @@ class BankConfig:
     embedder: str = "proxy"  # metric embedder: official, proxy or a folder
     bank_files: list[str] = field(default_factory=list)  # prompt lists added to the bank (JSON list, .txt, table)
     training_prompts: bool = True  # put the training prompts in the bank too
+    written: bool = True  # put the prompts this project wrote (promptrec.prompts) in the bank too
     query: str = "rewritten"  # rewritten: nearest to the rewritten text; direction: to rewritten minus original
     top_k: int = 1  # 1: the nearest prompt; k > 1: the k nearest joined by spaces
     cache_dir: str = ""  # bank-file embedding cache ("" = PROMPTREC_CACHE or ~/.cache/promptrec)
@@ -164,7 +173,7 @@ class BankMethod(UsesEmbedder):
     def fit(self, triples: pd.DataFrame) -> None:
         """Embed the bank: training prompts (if enabled) plus the bank files."""
         prompts = triples[PROMPT].tolist() if self.config.training_prompts else []
-        self.bank = build_bank(self.embedder, prompts, self.config.bank_files, self.config.cache_dir)
+        self.bank = build_bank(self.embedder, prompts, self.config.bank_files, self.config.cache_dir, self.config.written)
 
     def queries(self, pairs: pd.DataFrame) -> np.ndarray:
         """(n, dim) query embeddings: the rewritten text, or the direction from original to rewritten."""
@@ -181,9 +190,9 @@ class BankMethod(UsesEmbedder):
     def predict(self, pairs: pd.DataFrame) -> list[str]:
         """The nearest bank prompt(s) per row (bank prompts are never blank, so the method never abstains)."""
         if self.bank is None:
-            if not self.config.bank_files:
-                raise DataError("bank: nothing to search; fit on triples or give bank_files")
-            self.bank = build_bank(self.embedder, [], self.config.bank_files, self.config.cache_dir)
+            if not (self.config.bank_files or self.config.written):
+                raise DataError("bank: nothing to search; fit on triples, give bank_files or set written")
+            self.bank = build_bank(self.embedder, [], self.config.bank_files, self.config.cache_dir, self.config.written)
         return self.bank.decode(self.queries(pairs), self.config.top_k)
 
     def save(self, folder: Path) -> None:

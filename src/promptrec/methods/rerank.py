@@ -42,6 +42,7 @@ class RerankConfig:
     embedder: str = "proxy"  # metric embedder of the bank: official, proxy or a folder
     bank_files: list[str] = field(default_factory=list)  # prompt lists added to the bank (JSON list, .txt, table)
     training_prompts: bool = True  # put the training prompts in the bank too
+    written: bool = True  # put the prompts this project wrote (promptrec.prompts) in the bank too
     query: str = "direction"  # bank query: direction (rewritten minus original) or rewritten
     cache_dir: str = ""  # bank-file embedding cache ("" = PROMPTREC_CACHE or ~/.cache/promptrec)
     view: str = "raw"  # the rewrite as read in fit and predict: raw, or stripped of lead-ins, titles and refusals
@@ -139,12 +140,13 @@ class RerankMethod(UsesEmbedder):
         """The bank method this one draws its candidates from, sharing its bank and embedder."""
         cfg = self.config
         bank = BankMethod(BankConfig(embedder=cfg.embedder, bank_files=cfg.bank_files, query=cfg.query,
-                                     training_prompts=cfg.training_prompts, cache_dir=cfg.cache_dir, view=cfg.view))
+                                     training_prompts=cfg.training_prompts, written=cfg.written, cache_dir=cfg.cache_dir,
+                                     view=cfg.view))
         bank.embedder, bank.bank = self.embedder, self.bank
         return bank
 
     def fit(self, triples: pd.DataFrame) -> None:
-        """Embed the bank (training prompts, if enabled, and the bank files) as the bank method does."""
+        """Embed the bank (training prompts and written prompts, if enabled, and the bank files) as the bank method does."""
         searcher = self.searcher()
         searcher.fit(triples)
         self.bank = searcher.bank
