@@ -171,7 +171,7 @@ def test_written_prompts_join_the_bank_and_are_cached(tmp_path):
     written = written_prompts()
     assert len(written) == len(set(written)) > 5000
     assert "Convert this into a haiku." in written and "Rewrite this as an Instagram caption in a sad tone." in written
-    assert "Turn this into a user guide." in written  # "a" kept before a consonant sound
+    assert "Turn this into a user guide." in written and "Convert this into an essay." in written  # a or an by sound
     embedder = AxisEmbedder()
     bank = build_bank(embedder, ["a mine"], [], tmp_path, written=True)
     assert bank.prompts == ["a mine", *written]

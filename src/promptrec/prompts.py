@@ -85,7 +85,7 @@ AUDIENCE_FRAMES = ("Rewrite this text for {}.", "Explain this to {}.", "Rewrite 
 LANGUAGE_FRAMES = ("Rewrite this in {}.", "Translate this into {}.")
 
 
-_VOWEL_SOUND = re.compile(r"\ba (?=[aeiou](?!s|ni|u))", re.IGNORECASE)  # "a user guide" keeps its "a"
+_VOWEL_SOUND = re.compile(r"\ba (?=[aeio]|u(?!s|ni))", re.IGNORECASE)  # "a user guide" keeps its "a"
 
 
 def articled(text: str) -> str:
@@ -95,7 +95,7 @@ def articled(text: str) -> str:
 
 @lru_cache(maxsize=1)
 def written_prompts() -> tuple[str, ...]:
-    """Every written prompt (about 9,000), in a fixed order with no duplicates."""
+    """Every written prompt (7,346), in a fixed order with no duplicates."""
     filled = [f.format(x) for frames, slot in ((FORM_FRAMES, FORMS), (TONE_FRAMES, TONES), (ADJECTIVE_FRAMES, ADJECTIVES),
                                                (VOICE_FRAMES, VOICES), (AUDIENCE_FRAMES, AUDIENCES),
                                                (LANGUAGE_FRAMES, LANGUAGES)) for f, x in product(frames, slot)]
