@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--base", default="best,bank,regressor,evidence",
                         help="the gate's four members, in the roles of best, bank, regressor, evidence")
     parser.add_argument("--out", type=Path, default=Path("out/gate_loso"))
+    parser.add_argument("--outer", default="", help="comma-separated outer folds to score (0-based; default all)")
     parser.add_argument("--shard", default="", help="i/n: only fill the cache's fits i, i+n, ... (then stop), so n "
                         "processes fill copies of --out in parallel; merge their predictions.json before scoring")
     args = parser.parse_args()
@@ -92,8 +93,9 @@ def main() -> None:
 
     # Which rows each fit (by excluded folds) must predict: the gate's inner rows and the scored outer rows.
     wanted: dict[frozenset[int], set[int]] = {}
-    plan = []  # per outer fold: (scored rows, [(inner fold's global index, inner rows)])
-    for s in range(len(names)):
+    plan = []  # per outer fold: (its index, scored rows, [(inner fold's global index, inner rows)])
+    outer_folds = [int(f) for f in args.outer.split(",")] if args.outer else list(range(len(names)))
+    for s in outer_folds:
         train_idx = np.flatnonzero(fold_of != s)
         inner_of, _ = source_folds(table[SOURCE].iloc[train_idx].tolist(), table[ORIGINAL].iloc[train_idx].tolist())
         inner = []
@@ -104,7 +106,7 @@ def main() -> None:
             inner.append((t_global, rows))
         outer = scored_rows(fold_of, s, args.limit, 0)
         wanted.setdefault(frozenset({s}), set()).update(outer.tolist())
-        plan.append((outer, inner))
+        plan.append((s, outer, inner))
 
     cache_path = Path(args.out) / "predictions.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
@@ -129,7 +131,7 @@ def main() -> None:
     if args.mean_seconds > 0:
         from promptrec.optimize import OptimizeConfig, optimize_prompts
 
-        for s in range(len(names)):
+        for s in outer_folds:
             key = f"mean{args.mean_seconds:g}"
             if str(s) not in cache.get(key, {}):
                 prompts = table[PROMPT][fold_of != s].astype(str).tolist()
@@ -141,7 +143,7 @@ def main() -> None:
     base = args.base.split(",")
     results = evaluate(table, plan, cache, labels, memo, truth_emb, lambda every: variants(every, base), means)
     memo.save()
-    print_tables(results, names, labels)
+    print_tables(results, {s: names[s] for s in outer_folds})
 
 
 def member_inputs(table, rows: np.ndarray, key: str, cache: dict, labels: list[str], memo, suffix: str = "") -> dict:
@@ -210,7 +212,7 @@ def evaluate(table, plan, cache: dict, labels: list[str], memo, truth_emb: np.nd
     from promptrec.metric import sharpen
 
     results: dict = {}
-    for s, (outer, inner) in enumerate(plan):
+    for s, outer, inner in plan:
         suffix = means.get(s, "")
         parts = [member_inputs(table, rows, ",".join(map(str, sorted({s, t}))), cache, labels, memo, suffix)
                  for t, rows in inner]
@@ -250,14 +252,14 @@ def variants(labels: list[str], roles: list[str]) -> dict:
     return out
 
 
-def print_tables(results: dict, names: list[str], labels: list[str]) -> None:
-    """Two markdown tables: all scored rows, and rows where the evidence member abstains."""
+def print_tables(results: dict, names: dict[int, str]) -> None:
+    """Two markdown tables: all scored rows, and rows where the evidence member abstains (`names`: the outer folds)."""
     for title, key in (("all scored rows", "all"), ("rows where evidence abstains", "abstain")):
         print(f"\n{title} [proxy (all-MiniLM-L6-v2)]\n")
-        print("| method | mean | " + " | ".join(n.replace(".csv", "") for n in names) + " |")
+        print("| method | mean | " + " | ".join(n.replace(".csv", "") for n in names.values()) + " |")
         print("|---|---|" + "---|" * len(names))
         for method in results:
-            values = [results[method][s][key] for s in range(len(names))]
+            values = [results[method][s][key] for s in names]
             print(f"| {method} | {np.mean([v[0] for v in values]):.4f} | "
                   + " | ".join(f"{v[0]:.4f} ({v[1]})" if key == "abstain" else f"{v[0]:.4f}" for v in values) + " |")
 
