@@ -23,6 +23,7 @@ from promptrec.methods.form import form_features
 from promptrec.methods.gate import FEATURES, Gate
 from promptrec.metric import load_embedder, score
 from promptrec.pipeline import fit_ensemble
+from promptrec.prompts import written_prompts
 
 PIRATE = "Rewrite this as a pirate's tale."
 LEAD_IN = "Sure, here's the text rewritten as a pirate's tale:\n\nArr, the gatherin' be moved to Thursday, matey!"
@@ -110,7 +111,10 @@ def test_json_matches_recover_members_and_the_metric(capsys, models, cases, tmp_
         member = next(c for c in doc["candidates"] if c["label"] == label)
         assert len(near) == 3 and near[0]["prompt"] == member["prompt"]
         assert [n["cosine"] for n in near] == sorted((n["cosine"] for n in near), reverse=True)
-        assert {n["prompt"] for n in near} <= set(pd.read_csv(EXAMPLES / "test.csv")["rewrite_prompt"])
+        written = set(written_prompts())  # the banks hold the training prompts and the written ones
+        assert {n["prompt"] for n in near} <= set(pd.read_csv(EXAMPLES / "test.csv")["rewrite_prompt"]) | written
+        assert [n["written"] for n in near] == [n["prompt"] in written for n in near]
+    assert any(n["written"] for near in doc["neighbours"].values() for n in near)
 
 
 @pytest.mark.slow
@@ -135,7 +139,8 @@ def test_rich_view_shows_every_member_prompt_and_the_evidence_span(capsys, model
     assert f"final prompt {doc['final_prompt']}" in lines and f"truth        {PIRATE}" in lines
     assert f"score        {doc['final_score']:.4f} [{PROXY}]" in lines
     nearest = doc["neighbours"]["bank"][0]
-    assert lines[lines.index("bank") + 1] == f"   1  {nearest['cosine']:.4f}  {nearest['prompt']}"
+    assert lines[lines.index("bank") + 1] == (f"   1  {nearest['cosine']:.4f}  {nearest['prompt']}"
+                                              + ("  [written]" if nearest["written"] else ""))
     found = explain(open_model(models), read_case(cases, "lead"))
     assert [(s.start, s.end, s.style) for s in highlighted_rewrite(found).spans] == [(13, 50, HIGHLIGHT)]
     assert LEAD_IN[13:50] == PHRASE

@@ -26,6 +26,7 @@ from promptrec.methods.evidence import Evidence, find_evidence
 from promptrec.methods.form import form_features
 from promptrec.methods.gate import FEATURES, OWN_FEATURES, ROW_FEATURES, member_agreement
 from promptrec.metric import Embedder, load_embedder, score
+from promptrec.prompts import written_prompts
 
 GIVEN_ID = "given"  # the id of a case given as --original/--rewritten texts
 
@@ -73,6 +74,7 @@ class Neighbour:
 
     prompt: str
     cosine: float
+    written: bool = False  # one of the prompts this project wrote (promptrec.prompts), not only a training prompt
 
 
 @dataclass
@@ -251,11 +253,12 @@ def _gate_view(ensemble: Gated, pairs: pd.DataFrame, predictions: dict[str, list
 
 def _neighbours(members: dict[str, Method], pairs: pd.DataFrame, top_k: int) -> dict[str, list[Neighbour]]:
     """Per member that searches a bank, the `top_k` bank prompts nearest its query, best first."""
-    found = {}
+    found, written = {}, frozenset(written_prompts())
     for label, member in members.items():
         if isinstance(member, SearchesBank) and member.bank is not None:
             top, cosine = member.bank.nearest(member.bank_queries(pairs), top_k)  # (1, k) each
-            found[label] = [Neighbour(member.bank.prompts[i], float(c)) for i, c in zip(top[0], cosine[0])]
+            found[label] = [Neighbour(member.bank.prompts[i], float(c), member.bank.prompts[i] in written)
+                            for i, c in zip(top[0], cosine[0])]
     return found
 
 
@@ -352,7 +355,8 @@ def render(found: Explanation) -> Group:
         parts.append(Rule("nearest bank prompts (cosine to each member's query)"))
         for label, near in found.neighbours.items():
             parts.append(Text(label, style="bold"))
-            parts += [Text(f"  {rank:>2}  {n.cosine:.4f}  {n.prompt}") for rank, n in enumerate(near, 1)]
+            parts += [Text(f"  {rank:>2}  {n.cosine:.4f}  {n.prompt}").append("  [written]" if n.written else "", style="dim")
+                      for rank, n in enumerate(near, 1)]
     for label, view in found.rerank.items():
         parts.append(Rule(f"{label}: mean log p of the rewrite after each prompt, minus {view.baseline:.4f} (none)"))
         parts.append(Text(f"  {'':>2}  {'score':>7}  {'cosine':>7}  ranked by score + {view.cosine_weight:g} x cosine",
