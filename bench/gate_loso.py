@@ -8,7 +8,8 @@ Prints, per held-out source, each member and gate variant on all scored rows and
 member abstains: the plain gate, the calibrated one (`fit`'s default), form features as inputs or `form` as a
 member, with `--mean-seconds` a mean prompt (optimize-prompt per outer fold) alone and appended to each member, and
 the oracle (the best member per row). `--extra LABEL=METHOD --option 'LABEL={yaml}'` adds a member with options;
-`--base` names the four members the gate variants use (e.g. `best,bankw,regw,evidence`); `--shard i/n` fills only
+`--base` names the four members the gate variants use (e.g. `best,bankw,regw,evidence`), `--plus` adds one as a
+fifth (plain and calibrated), `--outer` scores a subset of held-out sources; `--shard i/n` fills only
 every n-th fit, so slow members (lora) fill copies of `--out` in parallel (merge their predictions.json, then rerun).
 Run: `promptrec bench gate_loso [--limit 400] [--gate-rows 400] [--extra form] [--mean-seconds 60] [--out DIR]`;
 the first run fills the cache in about 5 minutes on one thread with warm feature caches (25 without).
@@ -70,6 +71,8 @@ def main() -> None:
     parser.add_argument("--base", default="best,bank,regressor,evidence",
                         help="the gate's four members, in the roles of best, bank, regressor, evidence")
     parser.add_argument("--out", type=Path, default=Path("out/gate_loso"))
+    parser.add_argument("--plus", default="", help="comma-separated member labels each added to the gate as a fifth "
+                        "member, plain and calibrated (e.g. lora)")
     parser.add_argument("--outer", default="", help="comma-separated outer folds to score (0-based; default all)")
     parser.add_argument("--shard", default="", help="i/n: only fill the cache's fits i, i+n, ... (then stop), so n "
                         "processes fill copies of --out in parallel; merge their predictions.json before scoring")
@@ -141,7 +144,8 @@ def main() -> None:
             means[s] = cache[key][str(s)]
             print(f"mean prompt without {names[s]}: {means[s]}", flush=True)
     base = args.base.split(",")
-    results = evaluate(table, plan, cache, labels, memo, truth_emb, lambda every: variants(every, base), means)
+    plus = [label for label in args.plus.split(",") if label]
+    results = evaluate(table, plan, cache, labels, memo, truth_emb, lambda every: variants(every, base, plus), means)
     memo.save()
     print_tables(results, {s: names[s] for s in outer_folds})
 
@@ -235,13 +239,16 @@ def evaluate(table, plan, cache: dict, labels: list[str], memo, truth_emb: np.nd
     return results
 
 
-def variants(labels: list[str], roles: list[str]) -> dict:
+def variants(labels: list[str], roles: list[str], plus: list[str]) -> dict:
     """Gate variants by name, over the positions of the members in `labels`; `roles`: the labels playing best,
-    bank, regressor and evidence."""
+    bank, regressor and evidence; `plus`: labels each tried as a fifth member."""
     at = {label: i for i, label in enumerate(labels)}
     base = [at[x] for x in roles]
     out = {"gate": plain_gate(labels, base), "gate calibrated (default)": plain_gate(labels, base, calibrate=True),
            "gate reading the form": plain_gate(labels, base, form=True)}
+    for label in plus:
+        out[f"gate +{label}"] = plain_gate(labels, base + [at[label]])
+        out[f"gate calibrated +{label}"] = plain_gate(labels, base + [at[label]], calibrate=True)
     if "form" in at:
         out["gate +form member"] = plain_gate(labels, base + [at["form"]], form=True)
     if "mean" in at:
