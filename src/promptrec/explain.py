@@ -355,8 +355,8 @@ def render(found: Explanation) -> Group:
         parts.append(Rule("nearest bank prompts (cosine to each member's query)"))
         for label, near in found.neighbours.items():
             parts.append(Text(label, style="bold"))
-            parts += [Text(f"  {rank:>2}  {n.cosine:.4f}  {n.prompt}").append("  [written]" if n.written else "", style="dim")
-                      for rank, n in enumerate(near, 1)]
+            parts += [Text(f"  {rank:>2}  {n.cosine:.4f}  {n.prompt}")
+                      .append("  [written]" if n.written else "", style="dim") for rank, n in enumerate(near, 1)]
     for label, view in found.rerank.items():
         parts.append(Rule(f"{label}: mean log p of the rewrite after each prompt, minus {view.baseline:.4f} (none)"))
         parts.append(Text(f"  {'':>2}  {'score':>7}  {'cosine':>7}  ranked by score + {view.cosine_weight:g} x cosine",

@@ -61,7 +61,7 @@ AUDIENCES = (
     "business executives", "scientists", "senior citizens", "tourists", "customers", "employees", "investors",
     "parents", "teachers", "doctors", "engineers", "a job interview", "social media",
 )
-LANGUAGES = ("simple English", "plain English", "Old English", "Shakespearean English", "modern slang",
+REGISTERS = ("simple English", "plain English", "Old English", "Shakespearean English", "modern slang",
              "pirate speak", "Gen Z slang", "emojis", "legal jargon", "corporate jargon", "medical terminology")
 EDITS = (
     "Summarize this text.", "Shorten this text.", "Expand this text with more details.", "Simplify this text.",
@@ -82,7 +82,7 @@ ADJECTIVE_FRAMES = ("Make this text more {}.", "Rewrite this to be more {}.")
 VOICE_FRAMES = ("Rewrite this text in the style of {}.", "Rewrite this as if it were written by {}.",
                 "Rewrite this from the perspective of {}.", "Rewrite this as if spoken by {}.")
 AUDIENCE_FRAMES = ("Rewrite this text for {}.", "Explain this to {}.", "Rewrite this so that {} would understand it.")
-LANGUAGE_FRAMES = ("Rewrite this in {}.", "Translate this into {}.")
+REGISTER_FRAMES = ("Rewrite this in {}.", "Translate this into {}.")
 
 
 _VOWEL_SOUND = re.compile(r"\ba (?=[aeio]|u(?!s|ni))", re.IGNORECASE)  # "a user guide" keeps its "a"
@@ -98,6 +98,6 @@ def written_prompts() -> tuple[str, ...]:
     """Every written prompt (7,346), in a fixed order with no duplicates."""
     filled = [f.format(x) for frames, slot in ((FORM_FRAMES, FORMS), (TONE_FRAMES, TONES), (ADJECTIVE_FRAMES, ADJECTIVES),
                                                (VOICE_FRAMES, VOICES), (AUDIENCE_FRAMES, AUDIENCES),
-                                               (LANGUAGE_FRAMES, LANGUAGES)) for f, x in product(frames, slot)]
+                                               (REGISTER_FRAMES, REGISTERS)) for f, x in product(frames, slot)]
     filled += [f"Rewrite this as a {form} in a {tone} tone." for form, tone in product(FORMS, TONES)]
     return tuple(dict.fromkeys(articled(p) for p in filled + list(EDITS)))

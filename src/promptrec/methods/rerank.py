@@ -9,7 +9,7 @@ rewrite request is rendered with the candidate and with an empty prompt; the tok
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -138,10 +138,8 @@ class RerankMethod(UsesEmbedder):
 
     def searcher(self) -> BankMethod:
         """The bank method this one draws its candidates from, sharing its bank and embedder."""
-        cfg = self.config
-        bank = BankMethod(BankConfig(embedder=cfg.embedder, bank_files=cfg.bank_files, query=cfg.query,
-                                     training_prompts=cfg.training_prompts, written=cfg.written, cache_dir=cfg.cache_dir,
-                                     view=cfg.view))
+        shared = {f.name for f in fields(BankConfig)} & {f.name for f in fields(RerankConfig)}  # the bank's options
+        bank = BankMethod(BankConfig(**{name: getattr(self.config, name) for name in shared}))
         bank.embedder, bank.bank = self.embedder, self.bank
         return bank
 
