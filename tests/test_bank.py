@@ -177,3 +177,11 @@ def test_written_prompts_join_the_bank_and_are_cached(tmp_path):
     assert bank.prompts == ["a mine", *written]
     build_bank(embedder, [], [], tmp_path, written=True)
     assert embedder.calls == 2  # training prompts once each fit; the written ones came from the cache the second time
+
+
+def test_a_switch_given_as_text_is_a_one_line_error():
+    for method in ("bank", "regressor", "rerank"):
+        with pytest.raises(DataError, match=f"^method '{method}': option 'written' must be true or false, got 'maybe'$"):
+            from_name(method, written="maybe")
+        assert from_name(method, written=False).config.written is False
+    assert from_name("rerank", bf16=None).config.bf16 is None  # None where the field allows it

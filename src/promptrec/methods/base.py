@@ -233,12 +233,18 @@ def from_name(name: str, **config: Any) -> Method:
 
 
 def config_from_dict(cls: type[C], values: dict[str, Any], source: str) -> C:
-    """Build a config dataclass, rejecting unknown keys in one line naming `source`."""
+    """Build a config dataclass, rejecting in one line naming `source` unknown keys and a switch (bool option) given
+    anything but true or false (None where the field allows it), such as 'maybe', which Python would read as true."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise DataError(f"{source}: unknown option '{unknown[0]}' (known: {', '.join(sorted(fields))})")
-    return cls(**{name: _coerce(fields[name], value, source) for name, value in values.items()})
+    config = cls(**{name: _coerce(fields[name], value, source) for name, value in values.items()})
+    for name, value in values.items():  # after the config's own checks, whose messages win where it has them
+        kind = str(fields[name].type)
+        if kind.split(" |")[0] == "bool" and not isinstance(value, bool) and not (value is None and "None" in kind):
+            raise DataError(f"{source}: option '{name}' must be true or false, got '{value}'")
+    return config
 
 
 def _coerce(field: dataclasses.Field, value: Any, source: str) -> Any:
