@@ -192,7 +192,7 @@ def test_learned_suffix_is_saved_as_state_and_loaded(tmp_path, word_embedder):
     method.fit(PAIRS.assign(rewrite_prompt=["pirate", "pirate"]))
     method.save(tmp_path / "ens")
     payload = json.loads((tmp_path / "ens" / "method.json").read_text())
-    assert payload["config"]["suffix"] == "poem" and payload["state"] == {"suffix": "pirate"}
+    assert payload["config"]["suffix"] == "poem" and payload["state"] == {"suffix": "pirate", "hedge": None}
     loaded = load_method(tmp_path / "ens")
     assert loaded.suffix == "pirate" and loaded.predict(PAIRS) == ["formal pirate", "formal pirate"]
     loaded.config.suffix_steps = 0
@@ -274,3 +274,25 @@ def test_default_ensemble_is_the_gated_offline_members_and_options_merge():
     assert ensemble_config(None, recipe).members == ["c=constant", "bank"]  # a file's members: no default options
     assert ensemble_config(None, recipe).member_config == {"c": {"select": True}}
     assert ensemble_config(["bank"], {"ensemble": recipe["ensemble"]}).members == ["bank"]  # -m wins over the file
+
+
+def test_hedged_gate_offers_the_mean_prompt_alone_and_appended_and_saves_it(word_embedder, tmp_path):
+    rows = _gate_rows(24).assign(rewrite_prompt="poem")  # one training prompt: the mean prompt is itself
+    method = _ensemble(word_embedder, mode="gate", members=["c=column", "e=column"], hedge_steps=3)
+    method.fit(rows)
+    assert method.hedge == "poem"
+    assert method.choices() == method.gate.members == ["c", "e", "mean", "c+mean", "e+mean"]
+    hedged = method.hedged({"c": ["formal", "formal"], "e": ["pirate", ""]})
+    assert hedged["mean"] == ["poem"] * 2 and hedged["c+mean"] == ["formal poem"] * 2
+    assert hedged["e+mean"] == ["pirate poem", None]  # an abstention stays one
+    test = _gate_rows(6)
+    assert method.predict(test) == ["poem"] * 6  # the mean alone scores 1.0 on every out-of-fold row
+    features, answered = method.row_features(test, method.candidates(test))  # what `explain` shows, per choice
+    assert features.shape[:2] == answered.shape == (5, 6) and answered[[1, 4]].tolist() == [[True, False] * 3] * 2
+    method.save(tmp_path / "ens")
+    assert json.loads((tmp_path / "ens" / "method.json").read_text())["state"]["hedge"] == "poem"
+    loaded = load_method(tmp_path / "ens")
+    loaded.embedder = word_embedder
+    assert loaded.hedge == "poem" and loaded.predict(test) == ["poem"] * 6
+    with pytest.raises(DataError, match="hedge_steps must be 0, or more in gate mode"):
+        _ensemble(word_embedder, mode="concat", hedge_steps=3)

@@ -239,7 +239,7 @@ def _gate_view(ensemble: Gated, pairs: pd.DataFrame, predictions: dict[str, list
     features, answered = ensemble.row_features(pairs, predictions)  # (m, 1, F), (m, 1)
     predicted = ensemble.gate.predicted_scores(features, answered)[:, 0]  # (m,)
     choice = int(ensemble.gate.choose(features, answered)[0])
-    labels = list(ensemble.members)
+    labels = ensemble.choices()
     rule = ensemble.gate.rule(answered[:, 0])  # (default member, margin) of this kind of row, if fit saw one
     return GateView(
         choice=labels[choice] if choice >= 0 else None,

@@ -149,6 +149,9 @@ class Gated(Composite, Protocol):
 
     gate: Gate | None  # None until fitted, and in the composite's other modes
 
+    def choices(self) -> list[str]:
+        """The labels the gate picks from, in order (the members, then any hedged candidates)."""
+
     def row_features(self, pairs: pd.DataFrame,
                      predictions: dict[str, list[str | None]]) -> tuple[np.ndarray, np.ndarray]:
         """The gate's features (m, n, F) of the members' `predictions` and which members answered (m, n)."""

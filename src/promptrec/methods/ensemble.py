@@ -42,7 +42,10 @@ class EnsembleConfig:
     reference: str = "auto"  # select: auto = a member's predicted embedding if one offers it, else the centroid
     suffix: str = ""  # text appended to every prediction; with suffix_steps > 0 fit learns one instead
     suffix_steps: int = 0  # >0: fit optimises a mean prompt on the training prompts for this many steps as the suffix
-    suffix_seconds: float = 60.0  # time budget of that optimisation
+    suffix_seconds: float = 60.0  # time budget of that optimisation (and of hedge_steps')
+    # gate: >0 also offers a mean prompt (optimised on the training prompts for this many steps) alone and appended to
+    # each member's prompt, as the competition hedged; +0.008 without lora and +0.007 with it (docs/results.md)
+    hedge_steps: int = 0
     separator: str = " "  # joins members' prompts and the suffix
     embedder: str = "proxy"  # metric embedder for select and suffix optimisation: official, proxy or a folder
     seed: int = 0  # seeds the suffix optimiser and the gate's inner folds
@@ -57,6 +60,8 @@ class EnsembleConfig:
         if self.reference not in REFERENCES:
             raise DataError(f"ensemble: reference '{self.reference}' (known: {', '.join(REFERENCES)})")
         check_options(self.member_config, self.specs(), "ensemble: ")
+        if self.hedge_steps < 0 or (self.hedge_steps and self.mode != "gate"):
+            raise DataError(f"ensemble: hedge_steps must be 0, or more in gate mode (got {self.hedge_steps}, mode {self.mode})")
 
     def specs(self) -> list[tuple[str, str]]:
         """The members as (label, method name) pairs, in order."""
@@ -73,6 +78,11 @@ def fill_abstentions(columns: list[list[str | None]]) -> list[list[str]]:
     rows = [[p.strip() if isinstance(p, str) else "" for p in row] for row in zip(*columns)]
     filled = [[p or next((q for q in row if q), FALLBACK_PROMPT) for p in row] for row in rows]
     return [list(col) for col in zip(*filled)] if filled else [[] for _ in columns]
+
+
+def _answered(prompt: str | None) -> bool:
+    """Whether a member's prediction is an answer (not None or blank)."""
+    return isinstance(prompt, str) and bool(prompt.strip())
 
 
 def join_prompts(prompts: list[str], separator: str) -> str:
@@ -96,6 +106,7 @@ class EnsembleMethod(UsesEmbedder):
         }
         self.prefit = set(members) & set(self.members)  # labels that fit leaves as they are
         self.learned_suffix: str | None = None  # optimised by fit when suffix_steps > 0; saved as state
+        self.hedge: str | None = None  # the gate's mean prompt, optimised by fit when hedge_steps > 0; saved as state
         self.gate: Gate | None = None  # learned by fit in gate mode; saved beside method.json
         self.fit_seconds: dict[str, float] = {}
 
@@ -104,9 +115,37 @@ class EnsembleMethod(UsesEmbedder):
         """The text appended to every prediction: the learned one, else the configured one."""
         return self.config.suffix if self.learned_suffix is None else self.learned_suffix
 
+    def choices(self) -> list[str]:
+        """What the gate picks from, in order: the members, then (hedge_steps > 0) `mean` and each `label+mean`."""
+        labels = list(self.members)
+        return labels + (["mean", *(f"{label}+mean" for label in labels)] if self.config.hedge_steps else [])
+
+    def hedged(self, predictions: dict[str, list[str | None]]) -> dict[str, list[str | None]]:
+        """The members' `predictions` plus, with a hedge, the mean prompt alone and appended to each answer (an
+        abstention stays one), keyed as `choices`."""
+        if not self.config.hedge_steps:
+            return predictions
+        if not self.hedge:
+            raise DataError("ensemble: hedge_steps > 0 needs the mean prompt that fit learns; run `promptrec fit` first")
+        rows = len(next(iter(predictions.values()), []))
+        out = dict(predictions, mean=[self.hedge] * rows)
+        for label in self.members:
+            out[f"{label}+mean"] = [join_prompts([p, self.hedge], self.config.separator) if _answered(p) else None
+                                    for p in predictions[label]]
+        return out
+
+    def _mean_prompt(self, prompts: list[str], steps: int) -> str:
+        """A mean prompt of `prompts` (optimize-prompt, `steps` steps within suffix_seconds, seeded)."""
+        from promptrec.optimize import OptimizeConfig, optimize_prompts
+
+        search = OptimizeConfig(steps=steps, seconds=self.config.suffix_seconds, seed=self.config.seed)
+        return optimize_prompts(prompts, self.embedder, config=search).result.text
+
     def fit(self, triples: pd.DataFrame) -> None:
-        """Fit every member not given prefit (timed); learn the gate (gate mode) and the suffix if asked."""
+        """Fit every member not given prefit (timed); learn the hedge and the gate (gate mode) and the suffix if asked."""
         steps = Steps("fit", sum(label not in self.prefit for label in self.members))  # the gate adds its folds
+        prompts = triples[PROMPT].astype(str).tolist()
+        self.hedge = self._mean_prompt(prompts, self.config.hedge_steps) if self.config.hedge_steps else None
         self.gate = self.fit_gate(triples, steps) if self.config.mode == "gate" else None
         for label, member in self.members.items():
             if label in self.prefit:
@@ -117,12 +156,7 @@ class EnsembleMethod(UsesEmbedder):
             self.fit_seconds[label] = time.perf_counter() - start
             log.info("fitted %s in %.1f s", label, self.fit_seconds[label])
             steps.advance(1, label)
-        self.learned_suffix = None
-        if self.config.suffix_steps > 0:
-            from promptrec.optimize import OptimizeConfig, optimize_prompts
-
-            search = OptimizeConfig(steps=self.config.suffix_steps, seconds=self.config.suffix_seconds, seed=self.config.seed)
-            self.learned_suffix = optimize_prompts(triples[PROMPT].tolist(), self.embedder, config=search).result.text
+        self.learned_suffix = self._mean_prompt(prompts, self.config.suffix_steps) if self.config.suffix_steps > 0 else None
 
     def fit_gate(self, triples: pd.DataFrame, steps: Steps | None = None) -> Gate:
         """The gate, trained on members' out-of-fold predictions: fresh members fitted on inner folds (one per source
@@ -151,15 +185,16 @@ class EnsembleMethod(UsesEmbedder):
             log.info("gate: inner fold %d of %d predicted (%d rows)", fold + 1, int(fold_of.max()) + 1, len(rows))
         pairs = triples.iloc[np.concatenate(held)].reset_index(drop=True)
         reference = None if any(r is None for r in references) else np.concatenate(references)
+        predictions = self.hedged(predictions)  # the hedge is learned on all training prompts, as the bench measured
         features, answered, prompt_emb = self.gate_inputs(pairs, predictions, reference)
         truth = self.embedder.encode(pairs[PROMPT].astype(str).tolist())  # (n, d)
         scores = sharpen(np.einsum("mnd,nd->mn", prompt_emb, truth))  # (members, n)
-        for label, count in zip(self.members, answered.sum(axis=1)):
+        for label, count in zip(predictions, answered.sum(axis=1)):
             if count == 0:  # e.g. evidence on rewrites without lead-ins or titles (the demo's generated rows)
                 log.warning("gate: member %s answered none of the %d out-of-fold rows; the gate cannot rate it and "
                             "will never pick it (train on rows where it answers)", label, len(pairs))
         groups = fold_of[np.concatenate(held)] if self.config.gate_calibrate else None
-        return Gate.fit(list(self.members), features, scores, answered, self.config.gate_ridge, groups)
+        return Gate.fit(list(predictions), features, scores, answered, self.config.gate_ridge, groups)
 
     def _reference(self, members: dict[str, Method], pairs: pd.DataFrame) -> np.ndarray | None:
         """(n, d) the first member's predicted embeddings, if a member predicts embeddings."""
@@ -170,9 +205,10 @@ class EnsembleMethod(UsesEmbedder):
 
     def gate_inputs(self, pairs: pd.DataFrame, predictions: dict[str, list[str | None]],
                     reference: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The gate's features (m, n, F), which members answered (m, n), and their prompt embeddings (m, n, d)."""
+        """The gate's features (m, n, F), which of `predictions`' columns answered (m, n), and their prompt embeddings
+        (m, n, d)."""
         embedder = self.embedder
-        columns = [[p.strip() if isinstance(p, str) else "" for p in predictions[label]] for label in self.members]
+        columns = [[p.strip() if isinstance(p, str) else "" for p in column] for column in predictions.values()]
         answered = np.array([[bool(p) for p in col] for col in columns], dtype=bool).reshape(len(columns), len(pairs))
         prompt_emb = np.stack([embedder.encode([p or FALLBACK_PROMPT for p in col]) for col in columns])  # (m, n, d)
         texts = embedder.encode_texts([str(t) for t in pairs[ORIGINAL]] + [str(t) for t in pairs[REWRITTEN]])  # (2n, d)
@@ -218,7 +254,7 @@ class EnsembleMethod(UsesEmbedder):
             raise DataError("ensemble: gate mode needs a fitted gate; run `promptrec fit` first")
         features, answered = self.row_features(pairs, predictions)
         choice = self.gate.choose(features, answered)
-        columns = [predictions[label] for label in self.members]
+        columns = list(self.hedged(predictions).values())
         chosen = [columns[m][row] if m >= 0 else None for row, m in enumerate(choice)]
         if self.suffix.strip():
             chosen = [join_prompts([p, self.suffix], self.config.separator) if p else None for p in chosen]
@@ -226,9 +262,9 @@ class EnsembleMethod(UsesEmbedder):
 
     def row_features(self, pairs: pd.DataFrame,
                      predictions: dict[str, list[str | None]]) -> tuple[np.ndarray, np.ndarray]:
-        """The gate's features (m, n, F) of the members' `predictions` and which members answered (m, n), as the gate
-        sees them when predicting (`explain` shows them)."""
-        features, answered, _ = self.gate_inputs(pairs, predictions, self._reference(self.members, pairs))
+        """The gate's features (m, n, F) of the members' `predictions` (hedged, as `choices`) and which answered
+        (m, n), as the gate sees them when predicting (`explain` shows them)."""
+        features, answered, _ = self.gate_inputs(pairs, self.hedged(predictions), self._reference(self.members, pairs))
         return features, answered
 
     def reference_embeddings(self, pairs: pd.DataFrame, columns: list[list[str]]) -> np.ndarray:
@@ -260,7 +296,7 @@ class EnsembleMethod(UsesEmbedder):
         folder = Path(folder)
         for label, member in self.members.items():
             member.save(safe_child(folder, label))
-        save_config(folder, self.name, self.config, state={"suffix": self.learned_suffix})
+        save_config(folder, self.name, self.config, state={"suffix": self.learned_suffix, "hedge": self.hedge})
         if self.gate is not None:
             self.gate.save(folder)
 
@@ -272,6 +308,6 @@ class EnsembleMethod(UsesEmbedder):
         # Each member folder must hold the method its spec names (load_saved refuses another one in one line).
         method = cls(config, {label: method_class(name).load(safe_child(folder, label)) for label, name in config.specs()})
         method.prefit = set()  # a loaded ensemble refits all its members if fit is called again
-        method.learned_suffix = state.get("suffix")
-        method.gate = Gate.load(folder, list(method.members)) if config.mode == "gate" else None
+        method.learned_suffix, method.hedge = state.get("suffix"), state.get("hedge")
+        method.gate = Gate.load(folder, method.choices()) if config.mode == "gate" else None
         return method
