@@ -79,7 +79,7 @@ def main() -> None:
     import pandas as pd
 
     from promptrec.data import PROMPT
-    from promptrec.methods.bank import default_cache_dir
+    from promptrec.models import cache_dir
     from promptrec.methods.constant import best_constant
     from promptrec.methods.evidence import EvidenceConfig, EvidenceMethod
     from promptrec.metric import load_embedder, score
@@ -94,7 +94,7 @@ def main() -> None:
     quiet_libraries()
     variants = args.variants.split(",")
     data = load_sources()
-    embedder = DiskMemo(load_embedder(args.embedder), default_cache_dir() / "evidence_cv")
+    embedder = DiskMemo(load_embedder(args.embedder), cache_dir() / "evidence_cv")
     print(f"{len(data)} rows in {data['source'].nunique()} files, {len(GROUPS)} held-out groups, "
           f"embedder {embedder.label}", flush=True)
 

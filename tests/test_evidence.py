@@ -54,12 +54,17 @@ HAND_WRITTEN = [  # rewrite -> (kind, phrase, span, core, cue)
      ("closing", "in the style of a pirate", (49, 73), "in the style of a pirate", "rewritten")),
     ("I'm sorry, but I cannot turn this into a limerick because it is too sad.",
      ("refusal", "this into a limerick", (29, 49), "into a limerick", "turn")),
+    # the "as" after a bare object starts the task, not a reason
+    ("I'm sorry, but I cannot express this as a reality show confession. My purpose is to inform.",
+     ("refusal", "as a reality show confession", (37, 65), "as a reality show confession", "express")),
 ]
 NO_EVIDENCE = [
     "The meeting moved to Thursday because the projector broke.",
     "Sure, here's the revised text:\n\nThe meeting moved to Thursday.",  # the lead-in names no instruction
     "**[Your Name]**\n\n**[Your Address]**",  # placeholders are not titles
     "I'm sorry, I can't provide assistance with that request.",  # a refusal that restates no task
+    "I cannot rewrite it as requested.",  # "as" opens no task here
+    "I cannot provide the requested content as I do not hold opinions.",  # nor here: a reason
     "",
 ]
 
@@ -92,6 +97,8 @@ REAL_ROWS = [  # (file, id) -> (kind, phrase, span, core, cue), read from the ra
     ("gemma_rerun_994.csv", "gr00017",
      ("lead_in", "the text rewritten as a buddy cop show", (14, 52), "as a buddy cop show", "rewritten")),
     ("gemma_1100.csv", "gm0536", ("heading", "Architect's Dream", (2, 19), "as an Architect's Dream")),
+    ("gemma_rerun_994.csv", "gr00035",
+     ("refusal", "as a love letter", (34, 50), "as a love letter", "rephrase")),
     ("gemma_1100.csv", "gm0728",
      ("refusal", "a late-night TV monologue joke", (18, 48), "as a late-night TV monologue joke", "provide")),
     ("llama3_456.csv", "ll0201",
@@ -124,7 +131,7 @@ def test_real_coverage_counts():
     # The rules find evidence in 70% of the raw Gemma rewrites of Wikipedia openings and none of Dolly's lead-ins.
     table = read_table(shared_file("gemma_wiki_2977.csv"), TRIPLE_COLUMNS)
     kinds = pd.Series([f.kind if f else "none" for f in evidence_table(table)]).value_counts().to_dict()
-    assert kinds == {"heading": 1043, "lead_in": 946, "none": 884, "refusal": 104}
+    assert kinds == {"heading": 1043, "lead_in": 946, "none": 879, "refusal": 109}
 
 
 def _triples(rewrites: list[str], prompts: list[str]) -> pd.DataFrame:

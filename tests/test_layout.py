@@ -51,3 +51,19 @@ def test_a_cycle_would_be_found():
     except CycleError:
         return
     raise AssertionError("the planted cycle data -> cv -> ... -> data was not found")
+
+
+def test_every_promptrec_name_imported_in_src_bench_and_tests_exists():
+    # imports inside functions run only when a bench or code path does: a renamed function broke
+    # `bench evidence_cv` silently (it imported promptrec.methods.bank.default_cache_dir, since gone)
+    import importlib.util
+
+    root = SRC.parent
+    missing = []
+    for path in [*(SRC / "promptrec").rglob("*.py"), *(root / "bench").glob("*.py"), *(root / "tests").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "promptrec":
+                module = importlib.import_module(node.module)
+                missing += [f"{path.relative_to(root)}: {node.module}.{a.name}" for a in node.names
+                            if not hasattr(module, a.name) and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
+    assert not missing

@@ -153,16 +153,26 @@ def _closing(text: str) -> Evidence | None:
     return Evidence("closing", match["phrase"], match.span("phrase"), core, match["verb"].lower()) if core else None
 
 
+# "I cannot rephrase this text| as a love letter, as ...": REFUSAL stops its phrase before any "as" (the start of a
+# reason as often as of the task); after a bare object the "as a/an/if ..." clause that follows is the task.
+_AS_CLAUSE = re.compile(r"\s+(?P<clause>as (?:a|an|if|though)\s[^\n.!?,;]*[^\s\n.!?,;])", re.IGNORECASE)
+
+
 def _refusal(text: str) -> Evidence | None:
-    """A refusal restating the task: "I cannot provide a haiku based on ..." -> "a haiku"."""
+    """A refusal restating the task: "I cannot provide a haiku based on ..." -> "a haiku"; "I cannot express this
+    as a reality show confession." -> "as a reality show confession"."""
     match = REFUSAL.search(text[:REFUSAL_WINDOW])
     if match is None:
         return None
-    words = [w.lower() for w in match["phrase"].split()]
+    phrase, span = match["phrase"], match.span("phrase")
+    words = [w.lower() for w in phrase.split()]
+    clause = _AS_CLAUSE.match(text, span[1], REFUSAL_WINDOW)
+    if clause is not None and all(w in _GENERIC | _REFUSAL_GENERIC for w in words):
+        phrase, span, words = clause["clause"], clause.span("clause"), clause["clause"].lower().split()
     if all(w in _REFUSAL_GENERIC for w in words) or (len(words) > 1 and words[1] in ("that", "which")):
         return None  # "assistance with that request", "content that is biased": a policy, not the task
-    core = instruction_clause(match["phrase"], _GENERIC | _REFUSAL_GENERIC)
-    return Evidence("refusal", match["phrase"], match.span("phrase"), core, match["verb"].lower()) if core else None
+    core = instruction_clause(phrase, _GENERIC | _REFUSAL_GENERIC)
+    return Evidence("refusal", phrase, span, core, match["verb"].lower()) if core else None
 
 
 _FINDERS = {"lead_in": _lead_in, "heading": _heading, "closing": _closing, "refusal": _refusal}
