@@ -289,6 +289,11 @@ def test_hedged_gate_offers_the_mean_prompt_alone_and_appended_and_saves_it(word
     assert method.predict(test) == ["poem"] * 6  # the mean alone scores 1.0 on every out-of-fold row
     features, answered = method.row_features(test, method.candidates(test))  # what `explain` shows, per choice
     assert features.shape[:2] == answered.shape == (5, 6) and answered[[1, 4]].tolist() == [[True, False] * 3] * 2
+    from promptrec.explain import _gate_lines, _gate_view
+
+    view = _gate_view(method, test[:1], method.candidates(test[:1]))
+    assert (view.choice, view.hedge, list(view.predicted_scores)) == ("mean", "poem", method.choices())
+    assert [line.plain for line in _gate_lines(view)][1] == "  hedge (mean): poem"
     method.save(tmp_path / "ens")
     assert json.loads((tmp_path / "ens" / "method.json").read_text())["state"]["hedge"] == "poem"
     loaded = load_method(tmp_path / "ens")

@@ -66,6 +66,7 @@ class GateView:
     predicted_scores: dict[str, float | None]  # member -> the score the gate predicts (None: abstained)
     default: str | None = None  # kept on rows where these members answered unless another's prediction beats it by...
     margin: float | None = None  # ...this much (None with a default: always kept)
+    hedge: str | None = None  # the mean prompt the gate may pick alone or after a member's prompt (`mean`, `label+mean`)
 
 
 @dataclass
@@ -248,6 +249,7 @@ def _gate_view(ensemble: Gated, pairs: pd.DataFrame, predictions: dict[str, list
                          for m, label in enumerate(labels)},
         predicted_scores={label: float(p) if np.isfinite(p) else None for label, p in zip(labels, predicted)},
         default=labels[rule[0]] if rule else None, margin=rule[1] if rule and np.isfinite(rule[1]) else None,
+        hedge=ensemble.hedge,
     )
 
 
@@ -334,6 +336,8 @@ def _gate_lines(gate: GateView) -> list[Text]:
     if gate.default:
         kept = f" (keeps {gate.default} " + ("always" if gate.margin is None else f"unless beaten by {gate.margin:g}") + ")"
     lines = [Text.assemble(("gate ", "bold"), f"chose {gate.choice or '(every member abstained)'}{kept}; row: {row}")]
+    if gate.hedge:
+        lines.append(Text(f"  hedge (mean): {gate.hedge}"))
     width = max(map(len, gate.member_features))
     for label, own in gate.member_features.items():
         values = " · ".join(f"{name} {value:.4f}" for name, value in own.items())

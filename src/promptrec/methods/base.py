@@ -148,6 +148,7 @@ class Gated(Composite, Protocol):
     """A composite that picks one member per row with a gate learned on out-of-fold member predictions."""
 
     gate: Gate | None  # None until fitted, and in the composite's other modes
+    hedge: str | None  # the mean prompt the gate may also pick, alone or after a member's prompt (None: no hedge)
 
     def choices(self) -> list[str]:
         """The labels the gate picks from, in order (the members, then any hedged candidates)."""
