@@ -139,8 +139,8 @@ def check_dim(bank: PromptBank, embedder, source: str) -> None:
 
 
 @dataclass
-class BankConfig:
-    """Options of the bank method."""
+class BankOptions:
+    """What a bank holds and how a row queries it: the options of `bank` that `rerank` shares."""
     model_fields = ("embedder",)  # NamesModels: the fields naming a model, which bundle carries
 
     embedder: str = "proxy"  # metric embedder: official, proxy or a folder
@@ -148,14 +148,24 @@ class BankConfig:
     training_prompts: bool = True  # put the training prompts in the bank too
     written: bool = True  # put the prompts this project wrote (promptrec.prompts) in the bank too
     query: str = "rewritten"  # rewritten: nearest to the rewritten text; direction: to rewritten minus original
-    top_k: int = 1  # 1: the nearest prompt; k > 1: the k nearest joined by spaces
     cache_dir: str = ""  # bank-file embedding cache ("" = PROMPTREC_CACHE or ~/.cache/promptrec)
     view: str = "raw"  # the rewrite as read in fit and predict: raw, or stripped of lead-ins, titles and refusals
 
-    def __post_init__(self):
-        check_view("bank", self.view)
+    def check_bank(self, method: str) -> None:
+        """One-line errors for an unknown view or query, naming `method`."""
+        check_view(method, self.view)
         if self.query not in QUERIES:
-            raise DataError(f"bank: query must be one of {', '.join(QUERIES)}, not '{self.query}'")
+            raise DataError(f"{method}: query must be one of {', '.join(QUERIES)}, not '{self.query}'")
+
+
+@dataclass
+class BankConfig(BankOptions):
+    """Options of the bank method."""
+
+    top_k: int = 1  # 1: the nearest prompt; k > 1: the k nearest joined by spaces
+
+    def __post_init__(self):
+        self.check_bank("bank")
         if self.top_k < 1:
             raise DataError(f"bank: top_k must be at least 1, not {self.top_k}")
 

@@ -9,7 +9,7 @@ rewrite request is rendered with the candidate and with an empty prompt; the tok
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -18,13 +18,13 @@ import pandas as pd
 
 from promptrec.data import ORIGINAL, REWRITTEN, DataError
 from promptrec.llm.templates import CHAT_REWRITE, FEWSHOT_REQUEST
-from promptrec.methods.bank import QUERIES, BankConfig, BankMethod, PromptBank, load_banked, save_banked
-from promptrec.methods.base import UsesEmbedder, check_view, text_view
+from promptrec.methods.bank import BankConfig, BankMethod, BankOptions, PromptBank, load_banked, save_banked
+from promptrec.methods.base import UsesEmbedder, text_view
 
 
 @dataclass
-class RerankConfig:
-    """Options of the rerank method. Defaults: SmolLM2-135M-Instruct offline, 16 bank neighbours of the direction
+class RerankConfig(BankOptions):
+    """Options of the rerank method (and of the bank it draws candidates from). Defaults: SmolLM2-135M-Instruct offline, 16 bank neighbours of the direction
     query, 64 tokens of each text (chosen under leave-one-source-out CV: docs/results.md)."""
     model_fields, extra = ("model", "embedder"), "llm"  # NamesModels, NeedsExtra: what bundle carries
 
@@ -39,18 +39,10 @@ class RerankConfig:
     chat_template: bool = True  # render the request with the tokenizer's chat template when it has one
     # on this AVX512-BF16 CPU, K = 16, 1 thread: 2.07 s/row under bf16 autocast, 4.56 in float32
     bf16: bool | None = None  # score under bf16 autocast; None: on a bf16 GPU or a CPU with native bf16
-    embedder: str = "proxy"  # metric embedder of the bank: official, proxy or a folder
-    bank_files: list[str] = field(default_factory=list)  # prompt lists added to the bank (JSON list, .txt, table)
-    training_prompts: bool = True  # put the training prompts in the bank too
-    written: bool = True  # put the prompts this project wrote (promptrec.prompts) in the bank too
     query: str = "direction"  # bank query: direction (rewritten minus original) or rewritten
-    cache_dir: str = ""  # bank-file embedding cache ("" = PROMPTREC_CACHE or ~/.cache/promptrec)
-    view: str = "raw"  # the rewrite as read in fit and predict: raw, or stripped of lead-ins, titles and refusals
 
     def __post_init__(self):
-        check_view("rerank", self.view)
-        if self.query not in QUERIES:
-            raise DataError(f"rerank: query must be one of {', '.join(QUERIES)}, not '{self.query}'")
+        self.check_bank("rerank")
         for name in ("k", "prompt_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise DataError(f"rerank: {name} must be at least 1, not {getattr(self, name)}")
@@ -138,8 +130,7 @@ class RerankMethod(UsesEmbedder):
 
     def searcher(self) -> BankMethod:
         """The bank method this one draws its candidates from, sharing its bank and embedder."""
-        shared = {f.name for f in fields(BankConfig)} & {f.name for f in fields(RerankConfig)}  # the bank's options
-        bank = BankMethod(BankConfig(**{name: getattr(self.config, name) for name in shared}))
+        bank = BankMethod(BankConfig(**{f.name: getattr(self.config, f.name) for f in fields(BankOptions)}))
         bank.embedder, bank.bank = self.embedder, self.bank
         return bank
 
