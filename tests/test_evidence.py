@@ -57,6 +57,11 @@ HAND_WRITTEN = [  # rewrite -> (kind, phrase, span, core, cue)
     # the "as" after a bare object starts the task, not a reason
     ("I'm sorry, but I cannot express this as a reality show confession. My purpose is to inform.",
      ("refusal", "as a reality show confession", (37, 65), "as a reality show confession", "express")),
+    # Gemma's other refusal names the task as what the text lacks
+    ("The text does not describe a perfume advertisement, therefore I cannot provide the requested description.",
+     ("refusal", "a perfume advertisement", (27, 50), "as a perfume advertisement", "describe")),
+    ("The text does not contain any information about a road trip itinerary, therefore I cannot complete it.",
+     ("refusal", "a road trip itinerary", (48, 69), "as a road trip itinerary", "contain")),
 ]
 NO_EVIDENCE = [
     "The meeting moved to Thursday because the projector broke.",
@@ -65,6 +70,7 @@ NO_EVIDENCE = [
     "I'm sorry, I can't provide assistance with that request.",  # a refusal that restates no task
     "I cannot rewrite it as requested.",  # "as" opens no task here
     "I cannot provide the requested content as I do not hold opinions.",  # nor here: a reason
+    "The text does not contain any information that would allow me to do this, therefore I cannot.",  # no task named
     "",
 ]
 
@@ -131,7 +137,7 @@ def test_real_coverage_counts():
     # The rules find evidence in 70% of the raw Gemma rewrites of Wikipedia openings and none of Dolly's lead-ins.
     table = read_table(shared_file("gemma_wiki_2977.csv"), TRIPLE_COLUMNS)
     kinds = pd.Series([f.kind if f else "none" for f in evidence_table(table)]).value_counts().to_dict()
-    assert kinds == {"heading": 1043, "lead_in": 946, "none": 879, "refusal": 109}
+    assert kinds == {"heading": 1043, "lead_in": 946, "none": 849, "refusal": 139}
 
 
 def _triples(rewrites: list[str], prompts: list[str]) -> pd.DataFrame:

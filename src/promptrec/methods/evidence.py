@@ -158,21 +158,42 @@ def _closing(text: str) -> Evidence | None:
 _AS_CLAUSE = re.compile(r"\s+(?P<clause>as (?:a|an|if|though)\s[^\n.!?,;]*[^\s\n.!?,;])", re.IGNORECASE)
 
 
+# Gemma's other refusal: "The text does not describe a perfume advertisement, therefore I cannot ..." names the task
+# as what the text lacks (an "information about" in front is dropped; a phrase starting with it is no task).
+_LACKS = re.compile(
+    r"^\W*(?:the|this) (?:provided |given |original |source )?(?:text|passage) does not (?P<verb>describe|contain|"
+    r"provide|mention|include|discuss)\s+(?:any\s+)?(?:(?:information|details|data)\s+(?:about|on|regarding)\s+)?"
+    r"(?P<phrase>[^\n.!?,;]*?[^\s\n.!?,;])(?=\s*(?:[.!?,;\n]|$|\s+(?:therefore|thus|so|that)\b))",
+    re.IGNORECASE,
+)
+_LACKS_GENERIC = {"information", "details", "data", "evidence", "content", "elements", "mention", "reference"}
+
+
+def _lacks(text: str) -> Evidence | None:
+    """"The text does not describe an inventor's blueprint, therefore ..." -> "as an inventor's blueprint"."""
+    match = _LACKS.match(text[:REFUSAL_WINDOW])
+    words = [w for w in match["phrase"].lower().split() if w not in ("a", "an", "the", "any")] if match else []
+    if not words or words[0] in _LACKS_GENERIC | _REFUSAL_GENERIC:
+        return None
+    core = instruction_clause(match["phrase"], _GENERIC | _REFUSAL_GENERIC)
+    return Evidence("refusal", match["phrase"], match.span("phrase"), core, match["verb"].lower()) if core else None
+
+
 def _refusal(text: str) -> Evidence | None:
     """A refusal restating the task: "I cannot provide a haiku based on ..." -> "a haiku"; "I cannot express this
-    as a reality show confession." -> "as a reality show confession"."""
+    as a reality show confession." -> "as a reality show confession"; else what the text "does not describe"."""
     match = REFUSAL.search(text[:REFUSAL_WINDOW])
     if match is None:
-        return None
+        return _lacks(text)
     phrase, span = match["phrase"], match.span("phrase")
     words = [w.lower() for w in phrase.split()]
     clause = _AS_CLAUSE.match(text, span[1], REFUSAL_WINDOW)
     if clause is not None and all(w in _GENERIC | _REFUSAL_GENERIC for w in words):
         phrase, span, words = clause["clause"], clause.span("clause"), clause["clause"].lower().split()
     if all(w in _REFUSAL_GENERIC for w in words) or (len(words) > 1 and words[1] in ("that", "which")):
-        return None  # "assistance with that request", "content that is biased": a policy, not the task
+        return _lacks(text)  # "assistance with that request", "content that is biased": a policy, not the task
     core = instruction_clause(phrase, _GENERIC | _REFUSAL_GENERIC)
-    return Evidence("refusal", phrase, span, core, match["verb"].lower()) if core else None
+    return Evidence("refusal", phrase, span, core, match["verb"].lower()) if core else _lacks(text)
 
 
 _FINDERS = {"lead_in": _lead_in, "heading": _heading, "closing": _closing, "refusal": _refusal}
