@@ -60,6 +60,10 @@ HAND_WRITTEN = [  # rewrite -> (kind, phrase, span, core, cue)
     # Gemma's other refusal names the task as what the text lacks
     ("The text does not describe a perfume advertisement, therefore I cannot provide the requested description.",
      ("refusal", "a perfume advertisement", (27, 50), "as a perfume advertisement", "describe")),
+    ("I am unable to provide a description of this text as an inventor's blueprint, as it is not one.",
+     ("refusal", "as an inventor's blueprint", (50, 76), "as an inventor's blueprint", "provide")),
+    ("The text you provided does not describe a love letter, therefore I cannot complete the request.",
+     ("refusal", "a love letter", (40, 53), "as a love letter", "describe")),
     ("The text does not contain any information about a road trip itinerary, therefore I cannot complete it.",
      ("refusal", "a road trip itinerary", (48, 69), "as a road trip itinerary", "contain")),
 ]
@@ -71,6 +75,7 @@ NO_EVIDENCE = [
     "I cannot rewrite it as requested.",  # "as" opens no task here
     "I cannot provide the requested content as I do not hold opinions.",  # nor here: a reason
     "The text does not contain any information that would allow me to do this, therefore I cannot.",  # no task named
+    "I am unable to provide a framed version of the text you provided as I do not have the ability.",  # a reason
     "",
 ]
 

@@ -154,14 +154,15 @@ def _closing(text: str) -> Evidence | None:
 
 
 # "I cannot rephrase this text| as a love letter, as ...": REFUSAL stops its phrase before any "as" (the start of a
-# reason as often as of the task); after a bare object the "as a/an/if ..." clause that follows is the task.
+# reason as often as of the task); after an object that names no task the "as a/an/if ..." clause is the task.
 _AS_CLAUSE = re.compile(r"\s+(?P<clause>as (?:a|an|if|though)\s[^\n.!?,;]*[^\s\n.!?,;])", re.IGNORECASE)
 
 
 # Gemma's other refusal: "The text does not describe a perfume advertisement, therefore I cannot ..." names the task
 # as what the text lacks (an "information about" in front is dropped; a phrase starting with it is no task).
 _LACKS = re.compile(
-    r"^\W*(?:the|this) (?:provided |given |original |source )?(?:text|passage) does not (?P<verb>describe|contain|"
+    r"^\W*(?:the|this) (?:provided |given |original |source )?(?:text|passage)(?: you(?: have)? provided)? does not "
+    r"(?P<verb>describe|contain|"
     r"provide|mention|include|discuss)\s+(?:any\s+)?(?:(?:information|details|data)\s+(?:about|on|regarding)\s+)?"
     r"(?P<phrase>[^\n.!?,;]*?[^\s\n.!?,;])(?=\s*(?:[.!?,;\n]|$|\s+(?:therefore|thus|so|that)\b))",
     re.IGNORECASE,
@@ -188,7 +189,8 @@ def _refusal(text: str) -> Evidence | None:
     phrase, span = match["phrase"], match.span("phrase")
     words = [w.lower() for w in phrase.split()]
     clause = _AS_CLAUSE.match(text, span[1], REFUSAL_WINDOW)
-    if clause is not None and all(w in _GENERIC | _REFUSAL_GENERIC for w in words):
+    if clause is not None and not instruction_clause(phrase, _GENERIC | _REFUSAL_GENERIC):
+        # "this text", "a description of this text": the object names no task; the clause after it does
         phrase, span, words = clause["clause"], clause.span("clause"), clause["clause"].lower().split()
     if all(w in _REFUSAL_GENERIC for w in words) or (len(words) > 1 and words[1] in ("that", "which")):
         return _lacks(text)  # "assistance with that request", "content that is biased": a policy, not the task
