@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -45,6 +46,16 @@ def test_option_defaults_are_the_config_dataclass_defaults(capsys, monkeypatch, 
     assert {name: shown[f"--{name.replace('_', '-')}"] for name in fields} == {
         name: str(value) for name, value in fields.items()}
     assert shown["--backend" if verb == "generate" else "--start"] is None  # None: no default shown
+
+
+def test_fit_with_a_hedge_names_the_mean_prompt_it_saved(capsys, tmp_path, one_thread):
+    data = tmp_path / "train.csv"
+    pd.DataFrame({"id": [str(i) for i in range(9)], "original_text": [f"text {i}" for i in range(9)],
+                  "rewrite_prompt": ["Make it a poem."] * 9, "rewritten_text": [f"poem {i}" for i in range(9)]}).to_csv(data, index=False)
+    code, out, _ = run(capsys, "fit", data, "-m", "constant,shout=constant", "-o", tmp_path / "m", "--set",
+                       "ensemble.mode=gate", "--set", "ensemble.hedge_steps=2", "--set", "ensemble.suffix_seconds=5")
+    hedge = json.loads((tmp_path / "m" / "method.json").read_text())["state"]["hedge"]
+    assert code == 0 and hedge and out == f"saved ensemble (gate; members constant, shout; hedge '{hedge}') -> {tmp_path / 'm'}\n"
 
 
 def test_fit_logs_each_member_on_stderr_and_warns_in_one_line(capsys, tmp_path):

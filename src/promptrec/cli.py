@@ -373,7 +373,8 @@ def fit(
 
     with _progress_bars(quiet):
         ensemble = fit_ensemble(data, output, methods.split(",") if methods else None, _labelled_options(config, setting))
-    say(f"saved ensemble ({ensemble.config.mode}; members {', '.join(ensemble.members)}) -> {output}")
+    hedge = f"; hedge '{ensemble.hedge}'" if ensemble.hedge else ""
+    say(f"saved ensemble ({ensemble.config.mode}; members {', '.join(ensemble.members)}{hedge}) -> {output}")
 
 
 @app.command()
