@@ -66,7 +66,7 @@ def test_fit_quality_recipe_is_the_default_ensemble_plus_lora():
     assert quality.members == [*default.members, "lora"] and quality.mode == default.mode == "gate"
     assert quality.member_config == {**default.member_config, "lora": {"max_steps": 100, "val_fraction": 0}}
     assert quality.gate_rows == 100 and default.gate_calibrate and not quality.gate_calibrate
-    assert (default.hedge_steps, quality.hedge_steps) == (0, 30)
+    assert (default.hedge_steps, quality.hedge_steps, quality.suffix_seconds) == (0, 100, 300)
 
 
 EXPECTED = {  # file -> fields whose shipped values the run below checks on the fitted method's config

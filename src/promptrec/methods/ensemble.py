@@ -44,7 +44,7 @@ class EnsembleConfig:
     suffix_steps: int = 0  # >0: fit optimises a mean prompt on the training prompts for this many steps as the suffix
     suffix_seconds: float = 60.0  # time budget of that optimisation (and of hedge_steps')
     # gate: >0 also offers a mean prompt (optimised on the training prompts for this many steps) alone and appended to
-    # each member's prompt, as the competition hedged; +0.008 without lora and +0.006 with it (docs/results.md)
+    # each member's prompt, as the competition hedged; at 100 steps +0.012 without lora, +0.009 with it (docs/results.md)
     hedge_steps: int = 0
     separator: str = " "  # joins members' prompts and the suffix
     embedder: str = "proxy"  # metric embedder for select and suffix optimisation: official, proxy or a folder
