@@ -7,7 +7,8 @@ replace cv's 25, and every prediction is cached in `--out`: a rerun only scores 
 Prints, per held-out source, each member and gate variant on all scored rows and on the rows where the evidence
 member abstains: the plain gate, the calibrated one (`fit`'s default), form features as inputs or `form` as a
 member, with `--mean-seconds` a mean prompt (optimize-prompt per outer fold) alone and appended to each member (the
-ensemble's `hedge_steps`; with `--plus`, the fifth member hedged too), and the oracle (the best member per row). `--extra LABEL=METHOD --option 'LABEL={yaml}'` adds a member with options;
+ensemble's `hedge_steps`; with `--plus`, the fifth member hedged too), and the oracle (the best member per row).
+`--extra LABEL=METHOD --option 'LABEL={yaml}'` adds a member with options;
 `--base` names the four members the gate variants use (e.g. `best,bankw,regw,evidence`), `--plus` adds one as a
 fifth (plain and calibrated), `--outer` scores a subset of held-out sources; `--shard i/n` fills only
 every n-th fit, so slow members (lora) fill copies of `--out` in parallel (merge their predictions.json, then rerun).
@@ -257,7 +258,8 @@ def variants(labels: list[str], roles: list[str], plus: list[str]) -> dict:
         out["gate +mean +joined"] = plain_gate(labels, base + joined)
         out["gate calibrated +mean +joined"] = plain_gate(labels, base + joined, calibrate=True)
         for label in plus:
-            out[f"gate +{label} +mean +joined"] = plain_gate(labels, base + [at[label]] + joined + [at[f"{label}+mean"]])
+            hedged = base + [at[label]] + joined + [at[f"{label}+mean"]]
+            out[f"gate +{label} +mean +joined"] = plain_gate(labels, hedged)
     return out
 
 

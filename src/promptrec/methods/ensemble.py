@@ -61,7 +61,8 @@ class EnsembleConfig:
             raise DataError(f"ensemble: reference '{self.reference}' (known: {', '.join(REFERENCES)})")
         check_options(self.member_config, self.specs(), "ensemble: ")
         if self.hedge_steps < 0 or (self.hedge_steps and self.mode != "gate"):
-            raise DataError(f"ensemble: hedge_steps must be 0, or more in gate mode (got {self.hedge_steps}, mode {self.mode})")
+            raise DataError(f"ensemble: hedge_steps must be 0, or more in gate mode (got {self.hedge_steps}, "
+                            f"mode {self.mode})")
 
     def specs(self) -> list[tuple[str, str]]:
         """The members as (label, method name) pairs, in order."""
@@ -252,9 +253,10 @@ class EnsembleMethod(UsesEmbedder):
         """Per row, the answering member with the best score the gate predicts (None where every member abstained)."""
         if self.gate is None:
             raise DataError("ensemble: gate mode needs a fitted gate; run `promptrec fit` first")
-        features, answered = self.row_features(pairs, predictions)
+        hedged = self.hedged(predictions)
+        features, answered, _ = self.gate_inputs(pairs, hedged, self._reference(self.members, pairs))
         choice = self.gate.choose(features, answered)
-        columns = list(self.hedged(predictions).values())
+        columns = list(hedged.values())
         chosen = [columns[m][row] if m >= 0 else None for row, m in enumerate(choice)]
         if self.suffix.strip():
             chosen = [join_prompts([p, self.suffix], self.config.separator) if p else None for p in chosen]

@@ -180,12 +180,12 @@ def _lacks(text: str) -> Evidence | None:
     return Evidence("refusal", match["phrase"], match.span("phrase"), core, match["verb"].lower()) if core else None
 
 
-def _refusal(text: str) -> Evidence | None:
+def _restated(text: str) -> Evidence | None:
     """A refusal restating the task: "I cannot provide a haiku based on ..." -> "a haiku"; "I cannot express this
-    as a reality show confession." -> "as a reality show confession"; else what the text "does not describe"."""
+    as a reality show confession." -> "as a reality show confession"."""
     match = REFUSAL.search(text[:REFUSAL_WINDOW])
     if match is None:
-        return _lacks(text)
+        return None
     phrase, span = match["phrase"], match.span("phrase")
     words = [w.lower() for w in phrase.split()]
     clause = _AS_CLAUSE.match(text, span[1], REFUSAL_WINDOW)
@@ -193,9 +193,14 @@ def _refusal(text: str) -> Evidence | None:
         # "this text", "a description of this text": the object names no task; the clause after it does
         phrase, span, words = clause["clause"], clause.span("clause"), clause["clause"].lower().split()
     if all(w in _REFUSAL_GENERIC for w in words) or (len(words) > 1 and words[1] in ("that", "which")):
-        return _lacks(text)  # "assistance with that request", "content that is biased": a policy, not the task
+        return None  # "assistance with that request", "content that is biased": a policy, not the task
     core = instruction_clause(phrase, _GENERIC | _REFUSAL_GENERIC)
-    return Evidence("refusal", phrase, span, core, match["verb"].lower()) if core else _lacks(text)
+    return Evidence("refusal", phrase, span, core, match["verb"].lower()) if core else None
+
+
+def _refusal(text: str) -> Evidence | None:
+    """A refusal's evidence: the task it restates, else what it says the text "does not describe"."""
+    return _restated(text) or _lacks(text)
 
 
 _FINDERS = {"lead_in": _lead_in, "heading": _heading, "closing": _closing, "refusal": _refusal}

@@ -24,8 +24,9 @@ from promptrec.methods.base import UsesEmbedder, text_view
 
 @dataclass
 class RerankConfig(BankOptions):
-    """Options of the rerank method (and of the bank it draws candidates from). Defaults: SmolLM2-135M-Instruct offline, 16 bank neighbours of the direction
-    query, 64 tokens of each text (chosen under leave-one-source-out CV: docs/results.md)."""
+    """Options of the rerank method (and of the bank it draws candidates from). Defaults: SmolLM2-135M-Instruct
+    offline, 16 bank neighbours of the direction query, 64 tokens of each text (chosen under leave-one-source-out CV:
+    docs/results.md)."""
     model_fields, extra = ("model", "embedder"), "llm"  # NamesModels, NeedsExtra: what bundle carries
 
     model: str = "smollm2"  # the scoring LM: short offline name (smollm2, gemma3-270m), hub id, HF folder or .gguf
