@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--mean-seconds", type=float, default=0, help=">0: also a mean prompt (optimize-prompt) "
                         "per outer fold, alone and appended to each member's prompt")
     parser.add_argument("--mean-steps", type=int, default=30)
+    parser.add_argument("--mean-guided", type=float, default=0.0, help="the mean prompt search's guided share")
     parser.add_argument("--option", action="append", default=[], help="label={yaml options} of a member; repeatable")
     parser.add_argument("--base", default="best,bank,regressor,evidence",
                         help="the gate's four members, in the roles of best, bank, regressor, evidence")
@@ -136,10 +137,10 @@ def main() -> None:
         from promptrec.optimize import OptimizeConfig, optimize_prompts
 
         for s in outer_folds:
-            key = f"mean{args.mean_seconds:g}"
+            key = f"mean{args.mean_seconds:g}" + (f"s{args.mean_steps}g{args.mean_guided:g}" if args.mean_guided else "")
             if str(s) not in cache.get(key, {}):
                 prompts = table[PROMPT][fold_of != s].astype(str).tolist()
-                search = OptimizeConfig(steps=args.mean_steps, seconds=args.mean_seconds)
+                search = OptimizeConfig(steps=args.mean_steps, seconds=args.mean_seconds, guided=args.mean_guided)
                 cache.setdefault(key, {})[str(s)] = optimize_prompts(prompts, memo, config=search).result.text
                 cache_path.write_text(json.dumps(cache))
             means[s] = cache[key][str(s)]

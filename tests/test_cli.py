@@ -33,7 +33,7 @@ def test_verbs_and_help(capsys):
 
 @pytest.mark.parametrize("verb, config, skipped", [
     ("generate", GenerateConfig, {"backend", "backend_options"}),  # backend: None (implied); backend_options: --set
-    ("optimize-prompt", OptimizeConfig, {"max_words"}),  # no option
+    ("optimize-prompt", OptimizeConfig, {"max_words", "guide_top"}),  # no option
 ])
 def test_option_defaults_are_the_config_dataclass_defaults(capsys, monkeypatch, verb, config, skipped):
     monkeypatch.setenv("COLUMNS", "300")  # one line per option, so each default sits beside its option

@@ -267,6 +267,7 @@ def test_default_ensemble_is_the_gated_offline_members_and_options_merge():
     config = ensemble_config()
     assert config.members == DEFAULT_MEMBERS == ["best=constant", "bank", "regressor", "evidence"]
     assert config.mode == "gate" and config.member_config == {"best": {"select": True}, "bank": {"query": "direction"}}
+    assert (config.hedge_steps, config.suffix_seconds, config.gate_calibrate) == (100, 0, False)  # step budget alone
     tuned = ensemble_config(None, {"bank": {"top_k": 2}, "ensemble": {"gate_ridge": 3.0}})
     assert tuned.member_config["bank"] == {"query": "direction", "top_k": 2} and tuned.gate_ridge == 3.0
     assert ensemble_config(["constant"]).mode == "concat" and ensemble_config(["constant"]).member_config == {}
@@ -301,3 +302,10 @@ def test_hedged_gate_offers_the_mean_prompt_alone_and_appended_and_saves_it(word
     assert loaded.hedge == "poem" and loaded.predict(test) == ["poem"] * 6
     with pytest.raises(DataError, match="hedge_steps must be 0, or more in gate mode"):
         _ensemble(word_embedder, mode="concat", hedge_steps=3)
+
+
+def test_answer_strips_predictions_and_reads_abstentions():
+    from promptrec.methods.base import answer, never_blank
+
+    assert [answer(p) for p in [" a poem ", "", " \n", None, float("nan"), "b"]] == ["a poem", None, None, None, None, "b"]
+    assert never_blank([" a ", None, "", float("nan")], "F") == ["a", "F", "F", "F"]

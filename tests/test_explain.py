@@ -32,6 +32,7 @@ PLAIN = "Fresh bread at dawn, warm and sweet; on Sundays we close at noon."
 KEYS = ["id", "method", "mode", "original_text", "rewritten_text", "evidence", "form", "candidates", "gate", "neighbours",
         "rerank", "final_prompt", "fallback", "truth", "final_score", "embedder"]
 MEMBERS = ["best", "bank", "regressor", "evidence"]
+CHOICES = [*MEMBERS, "mean", *(f"{label}+mean" for label in MEMBERS)]  # the default gate's hedge: mean, label+mean
 PROXY = "proxy (all-MiniLM-L6-v2)"
 
 
@@ -40,7 +41,8 @@ def models(tmp_path_factory) -> Path:
     """The default gated ensemble (best constant, bank, regressor, evidence) fitted on the 20 example triples."""
     root = tmp_path_factory.mktemp("explain")
     cache = str(root / "cache")  # the regressor's feature cache stays in the test's folder
-    fit_ensemble([EXAMPLES / "test.csv"], root / "models", options={"regressor": {"cache_dir": cache}})
+    fit_ensemble([EXAMPLES / "test.csv"], root / "models",
+                 options={"regressor": {"cache_dir": cache}, "ensemble": {"hedge_steps": 3}})  # a short hedge
     return root / "models"
 
 
@@ -93,11 +95,15 @@ def test_json_matches_recover_members_and_the_metric(capsys, models, cases, tmp_
     assert doc["final_score"] == score([doc["final_prompt"]], [PIRATE], embedder).mean
     # the gate: its choice gives the final prompt; agreement is the gate's own feature
     gate = doc["gate"]
-    assert gate["choice"] in MEMBERS and list(gate["predicted_scores"]) == MEMBERS
-    assert doc["final_prompt"] == next(c["prompt"] for c in doc["candidates"] if c["label"] == gate["choice"])
-    # the highest predicted score, after the margin of the member the gate keeps on rows of this kind, if it has one
-    margin = {gate["default"]: float("inf") if gate["margin"] is None else gate["margin"]} if gate["default"] else {}
-    assert gate["choice"] == max(MEMBERS, key=lambda label: gate["predicted_scores"][label] + margin.get(label, 0.0))
+    assert gate["choice"] in CHOICES and list(gate["predicted_scores"]) == list(gate["member_features"]) == CHOICES
+    assert gate["hedge"] and gate["hedge"] == ensemble.hedge  # the mean prompt fit learned (3 steps here)
+    prompts = {c["label"]: c["prompt"] for c in doc["candidates"]} | {"mean": gate["hedge"]}
+    member, _, hedged = gate["choice"].partition("+")
+    assert doc["final_prompt"] == (f"{prompts[member]} {gate['hedge']}" if hedged else prompts[member])
+    # the highest predicted score (plain argmax: the default gate keeps no member by margin)
+    assert gate["default"] is None and gate["margin"] is None
+    rated = {label: p for label, p in gate["predicted_scores"].items() if p is not None}
+    assert gate["choice"] == max(rated, key=rated.get)
     assert list(gate["row_features"]) == ["change", "rewrite_words", "answered_share"]
     assert gate["row_features"]["answered_share"] == 1.0
     for candidate in doc["candidates"]:
@@ -128,7 +134,7 @@ def test_rich_view_shows_every_member_prompt_and_the_evidence_span(capsys, model
     for candidate in doc["candidates"]:  # one line per member ending with its prompt; the gate's pick marked
         row = next(line for line in lines if line[2:].startswith(candidate["label"] + " "))
         assert row.endswith(f"  {candidate['prompt']}")
-        assert row[0] == (">" if candidate["label"] == doc["gate"]["choice"] else " ")
+        assert row[0] == (">" if candidate["label"] == doc["gate"]["choice"].removesuffix("+mean") else " ")
         assert f"{candidate['truth_score']:9.4f}" in row
     assert f"evidence lead_in: {PHRASE} (characters 13-50) -> 'as a pirate's tale', cue 'rewritten'" in lines
     assert doc["form"] == form_features("The meeting moved to Thursday.", LEAD_IN)  # the form reader, all features
@@ -152,7 +158,8 @@ def test_a_row_without_evidence_and_texts_given_on_the_command_line(capsys, mode
     assert (doc["id"], doc["evidence"], doc["truth"], doc["final_score"]) == (GIVEN_ID, None, None, None)
     assert doc["candidates"][3] == {"label": "evidence", "method": "evidence", "prompt": None, "agreement": None,
                                     "truth_score": None}
-    assert doc["gate"]["predicted_scores"]["evidence"] is None and doc["gate"]["row_features"]["answered_share"] == 0.75
+    assert doc["gate"]["predicted_scores"]["evidence"] is None and doc["gate"]["predicted_scores"]["evidence+mean"] is None
+    assert doc["gate"]["row_features"]["answered_share"] == pytest.approx(7 / 9)  # 9 choices; evidence (+mean) abstain
     assert doc["final_prompt"] == never_blank(load_method(models).predict(read_case(cases, "plain").pairs()))[0]
     code, out, _ = run(capsys, "explain", "--model", models, "--row", "plain", "--data", cases)
     assert code == 0 and "evidence none found in the rewrite" in out.splitlines()

@@ -7,7 +7,8 @@ import pytest
 
 from promptrec.data import DataError
 from promptrec.optimize import (
-    OptimizeConfig, beam_search, mean_scs_objective, optimize_prompts, prune, split_holdout, vocabulary, words_of,
+    OptimizeConfig, _edits, beam_search, mean_scs_guide, mean_scs_objective, optimize_prompts, prune, split_holdout,
+    vocabulary, words_of,
 )
 
 TARGET = ["make", "it", "a", "short", "poem"]
@@ -60,6 +61,8 @@ def test_config_rejects_an_empty_beam_and_negative_budgets():
         OptimizeConfig(beam=0)
     with pytest.raises(DataError, match="must not be negative, got 30 and -1.0"):
         OptimizeConfig(seconds=-1.0)
+    with pytest.raises(DataError, match="guided must be a share in"):
+        OptimizeConfig(guided=1.5)
 
 
 def test_vocabulary_by_frequency():
@@ -89,3 +92,34 @@ def test_optimize_prompts_raises_the_training_score(word_embedder):
     assert report.train_rows + report.holdout_rows == 15 and report.holdout_rows == 3
     assert report.result.score > report.train_start
     assert report.holdout_start is not None and report.holdout_final is not None
+
+
+def test_guide_rates_the_word_a_text_lacks_best(word_embedder):
+    vocab = ["pirate", "formal", "poem", "short", "dog"]
+    rating = mean_scs_guide(["pirate poem"] * 3, word_embedder.encode, vocab)("pirate")
+    # the gradient at "pirate" toward "pirate poem" is the poem axis alone: poem > dog (a bit of every axis) > 0
+    assert rating.argmax() == vocab.index("poem") and rating[vocab.index("dog")] > 0
+    assert rating[[0, 1, 3]] == pytest.approx([0, 0, 0], abs=1e-6)
+
+
+def test_guided_edits_draw_their_share_of_words_from_the_favoured():
+    import random
+
+    texts = _edits(["a"], ["q"], 50, 3, random.Random(0), favoured=["Z"], share=1.0)
+    assert all("Z" in words_of(t) and "q" not in words_of(t) for t in texts)
+    mixed = _edits(["a"], ["q"], 200, 3, random.Random(0), favoured=["Z"], share=0.5)
+    assert 70 < sum("Z" in words_of(t) for t in mixed) < 130
+    assert _edits(["a"], ["q"], 5, 3, random.Random(1)) == _edits(["a"], ["q"], 5, 3, random.Random(1), ["Z"], 0.0)
+
+
+def test_a_guide_finds_the_targets_in_a_large_vocabulary():
+    vocab = [f"junk{i}" for i in range(400)] + TARGET
+
+    def guide(text: str) -> np.ndarray:  # rates the target words the text lacks
+        return np.array([float(word in TARGET and word not in words_of(text)) for word in vocab])
+
+    found = {share: beam_search("the", vocab, _overlap, OptimizeConfig(steps=8, beam=2, edits=6, guided=share,
+                                                                       guide_top=5), guide=guide).score
+             for share in (0.0, 1.0)}
+    assert found[1.0] == pytest.approx(5 - 0.05)  # every target word, nothing else
+    assert found[0.0] < 2  # 96 uniform draws from 405 words rarely hit one of the 5 that count

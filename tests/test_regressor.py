@@ -491,7 +491,8 @@ def test_gate_inner_folds_encode_each_text_once_per_process(tiny_bert, tiny_bert
     embedder = str(tiny_bert_embedder)
     options = {"regressor": dict(backbone=str(tiny_bert), embedder=embedder, max_length=32, head_tokens=4, multiplier=1,
                                  epochs=1, batch_size=8, cache_dir=str(tmp_path / "cache"), feature_cache=disk_cache),
-               **{label: {"embedder": embedder} for label in ("best", "bank", "evidence", "ensemble")}}
+               **{label: {"embedder": embedder} for label in ("best", "bank", "evidence")},
+               "ensemble": {"embedder": embedder, "hedge_steps": 2}}
     rows = _pairs(18).assign(source=["a.csv"] * 6 + ["b.csv"] * 6 + ["c.csv"] * 6)  # three sources: 3 inner folds
     method = EnsembleMethod(ensemble_config(None, options))
     method.fit(rows)
@@ -526,7 +527,8 @@ def test_embedder_and_regressor_share_one_encoder_pass_over_each_text(tiny_bert_
                         lambda self, texts, progress=False: embedded.extend(texts) or encode_uncached(self, texts, progress))
     shared = str(tiny_bert_embedder)
     options = {"regressor": dict(backbone=shared, embedder=shared, max_length=32, head_tokens=4, multiplier=1, epochs=1,
-                                 batch_size=8), **{label: {"embedder": shared} for label in ("best", "bank", "evidence", "ensemble")}}
+                                 batch_size=8), **{label: {"embedder": shared} for label in ("best", "bank", "evidence")},
+               "ensemble": {"embedder": shared, "hedge_steps": 2}}
     rows = _pairs(18).assign(source=["a.csv"] * 6 + ["b.csv"] * 6 + ["c.csv"] * 6)
     EnsembleMethod(ensemble_config(None, options)).fit(rows)
     texts = set(rows.original_text) | set(rows.rewritten_text)

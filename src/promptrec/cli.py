@@ -333,6 +333,7 @@ def optimize_prompt(
     beam: Annotated[int, typer.Option(help="texts kept per step")] = OPTIMIZE.beam,
     edits: Annotated[int, typer.Option(help="random edits tried per beam text per step")] = OPTIMIZE.edits,
     vocab_size: Annotated[int, typer.Option(help="most frequent training words used as the vocabulary")] = OPTIMIZE.vocab_size,
+    guided: Annotated[float, typer.Option(help="share of edits drawing words the objective's gradient favours (0: uniform)")] = OPTIMIZE.guided,
     seed: Annotated[int, typer.Option(help="seed of the edits and of the held-out split")] = OPTIMIZE.seed,
     holdout: Annotated[float, typer.Option(help="fraction of distinct prompts held out for the before/after score")] = 0.0,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write the result and trajectory as JSON")] = None,
@@ -344,7 +345,8 @@ def optimize_prompt(
 
     texts = [text for path in prompts for text in read_texts(path, "rewrite_prompt")]
     model = load_embedder(embedder)
-    search = OptimizeConfig(steps=steps, seconds=seconds, beam=beam, edits=edits, vocab_size=vocab_size, seed=seed)
+    search = OptimizeConfig(steps=steps, seconds=seconds, beam=beam, edits=edits, vocab_size=vocab_size, seed=seed,
+                            guided=guided)
     report = optimize_prompts(texts, model, start, search, holdout,
                               on_step=lambda s: say(f"step {s.step:3d}  {s.score:.4f}  {s.text}"))
     say(f"train ({report.train_rows} prompts): start {report.train_start:.4f} -> final {report.result.score:.4f} "

@@ -23,7 +23,7 @@ from promptrec.data import (
     ID, ORIGINAL, PROMPT, REWRITTEN, SOURCE, TRIPLE_COLUMNS, DataError, atomic_write, ensure_writable, read_triples,
 )
 from promptrec.methods.base import (
-    Composite, Method, check_options, checkpoint_beside, config_from_dict, method_class, never_blank, parse_members,
+    Composite, Method, answer, check_options, checkpoint_beside, config_from_dict, method_class, never_blank, parse_members,
 )
 from promptrec.progress import Steps
 from promptrec.report import ANSWERED, FOLD, METHOD, PREDICTION, SCORE, write_report
@@ -205,7 +205,7 @@ def run_cv(data: list[str | Path], methods: list[str], output: str | Path,
                 result = score(predictions, test[PROMPT].tolist(), embedder)
                 record = {"label": spec.label, "method": spec.name, "options": spec.options, "fold": fold,
                           "rows": rows.tolist(), "predictions": predictions, "scores": result.per_row.tolist(),
-                          "answered": [isinstance(a, str) and bool(a.strip()) for a in done.answers],
+                          "answered": [answer(a) is not None for a in done.answers],
                           "embedder": embedder.label, "fit_seconds": fit_seconds, "predict_seconds": predict_seconds}
                 with atomic_write(part) as handle:
                     json.dump(record, handle, default=str)

@@ -20,7 +20,7 @@ from rich.text import Text
 from promptrec.data import ID, ORIGINAL, PAIR_COLUMNS, PROMPT, REWRITTEN, DataError, read_table
 from promptrec.methods.base import (
     CachesFeatures, Composite, CompositeConfig, Gated, Method, RanksCandidates, SearchesBank, UsesEmbedder, load_method,
-    never_blank,
+    answer, never_blank,
 )
 from promptrec.methods.evidence import Evidence, find_evidence
 from promptrec.methods.form import form_features
@@ -52,7 +52,7 @@ class Candidate:
     label: str  # member label (the method name for a method that is not an ensemble)
     method: str
     prompt: str | None  # None: it abstained
-    agreement: float | None  # mean cosine to the other answering members' prompts (None: abstained or alone)
+    agreement: float | None  # mean cosine to the other answering choices of the gate (members, hedged ones) or members
     truth_score: float | None  # cos**3 against the truth on `Explanation.embedder` (None: no truth, or abstained)
 
 
@@ -149,9 +149,7 @@ def read_case(data: Path | None = None, row: str | None = None, original: str | 
     for column in (ORIGINAL, REWRITTEN):
         if not record[column].strip():
             raise DataError(f"{data}, row {index + 1}, column '{column}': empty text (id '{row}')")
-    known = record.get(PROMPT)
-    known = known if isinstance(known, str) and known.strip() else None
-    return Case(str(row), record[ORIGINAL], record[REWRITTEN], truth or known)
+    return Case(str(row), record[ORIGINAL], record[REWRITTEN], truth or answer(record.get(PROMPT)))
 
 
 def open_model(folder: str | Path) -> Method:
@@ -198,17 +196,18 @@ def explain(method: Method, case: Case, top_k: int = 5) -> Explanation:
     predictions = {label: list(member.predict(pairs)) for label, member in members.items()}
     raw = method.combine(pairs, predictions) if isinstance(method, Composite) else predictions[method.name]
     final = never_blank(raw)[0]
-    prompts = {label: _answer(column[0]) for label, column in predictions.items()}
-    agreement = _agreement(prompts, embedder)
+    prompts = {label: answer(column[0]) for label, column in predictions.items()}
+    gated = isinstance(method, Gated) and method.gate is not None
+    offered = method.hedged(predictions) if gated else predictions  # the gate's agreement spans its hedged choices
+    agreement = _agreement({label: answer(column[0]) for label, column in offered.items()}, embedder)
     scored = [p for p in prompts.values() if p] + [final]
     per_row = score(scored, [case.truth] * len(scored), embedder).per_row if case.truth else [None] * len(scored)
     truth_of = {text: None if s is None else float(s) for text, s in zip(scored, per_row)}
     candidates = [Candidate(label, member.name, prompts[label], agreement[label], truth_of.get(prompts[label]))
                   for label, member in members.items()]
-    gated = isinstance(method, Gated) and method.gate is not None
     # concat and select fill a row where every member abstained with the fallback prompt themselves; gate leaves
     # it blank for never_blank: either way the final prompt came from the fallback.
-    fallback = not _answer(raw[0]) or not any(prompts.values())
+    fallback = not answer(raw[0]) or not any(prompts.values())
     return Explanation(
         id=case.id, method=method.name, mode=method.config.mode if isinstance(method.config, CompositeConfig) else None,
         original_text=case.original, rewritten_text=case.rewritten, evidence=find_evidence(case.rewritten),
@@ -217,11 +216,6 @@ def explain(method: Method, case: Case, top_k: int = 5) -> Explanation:
         rerank=_reranked(members, pairs, prompts), final_prompt=final, fallback=fallback,
         truth=case.truth, final_score=truth_of[final], embedder=embedder.label,
     )
-
-
-def _answer(prompt: str | None) -> str | None:
-    """A prediction stripped; None for an abstention or a blank."""
-    return (prompt.strip() or None) if isinstance(prompt, str) else None
 
 
 def _agreement(prompts: dict[str, str | None], embedder: Embedder) -> dict[str, float | None]:
@@ -312,8 +306,9 @@ def _form_line(form: dict[str, float]) -> Text:
 
 
 def _candidate_lines(found: Explanation) -> list[Text]:
-    """A header, then one line per member: the gate's pick marked '>', its numbers, its prompt last and whole."""
-    chosen = found.gate.choice if found.gate else None
+    """A header, then one line per member: the gate's pick (or the member it appended the hedge to) marked '>', its
+    numbers, its prompt last and whole."""
+    chosen = found.gate.choice.removesuffix("+mean") if found.gate and found.gate.choice else None
     width = max(len("member"), *(len(c.label) for c in found.candidates))
     method_width = max(len("method"), *(len(c.method) for c in found.candidates))
     head = f"  {'member':<{width}}  {'method':<{method_width}}  {'agreement':>9}"

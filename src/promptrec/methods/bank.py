@@ -12,7 +12,7 @@ import pandas as pd
 
 from promptrec import vectors
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, DataError, atomic_write, read_texts
-from promptrec.methods.base import UsesEmbedder, check_view, load_saved, safe_child, save_config, text_view
+from promptrec.methods.base import UsesEmbedder, answer, check_view, load_saved, safe_child, save_config, text_view
 from promptrec.metric import load_embeddings, save_embeddings, sharpen
 from promptrec.models import cache_dir
 from promptrec.prompts import written_prompts
@@ -42,7 +42,7 @@ class PromptBank:
     @classmethod
     def build(cls, prompts: list[str], embedder) -> "PromptBank":
         """Embed the distinct non-blank `prompts` (first occurrence order) with the metric embedder."""
-        unique = list(dict.fromkeys(p.strip() for p in prompts if isinstance(p, str) and p.strip()))
+        unique = list(dict.fromkeys(filter(None, map(answer, prompts))))
         if not unique:
             raise DataError("the prompt bank is empty: give training prompts or a bank file")
         return cls(unique, embedder.encode(unique))

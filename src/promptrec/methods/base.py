@@ -352,9 +352,14 @@ def text_view(frame: pd.DataFrame, view: str) -> pd.DataFrame:
     return frame.assign(**{REWRITTEN: clean_texts(frame[REWRITTEN], keep_evidence=False)[0]})
 
 
+def answer(prompt: object) -> str | None:
+    """A prediction (or prompt) stripped; None for an abstention, a blank or anything not a string."""
+    return (prompt.strip() or None) if isinstance(prompt, str) else None
+
+
 def never_blank(prompts: list[str | None], fallback: str = FALLBACK_PROMPT) -> list[str]:
     """Replace abstentions (None) and blank predictions by `fallback`, so no row is ever empty."""
-    return [p.strip() if isinstance(p, str) and p.strip() else fallback for p in prompts]
+    return [answer(p) or fallback for p in prompts]
 
 
 def safe_child(folder: Path, name: str) -> Path:

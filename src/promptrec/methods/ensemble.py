@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ import pandas as pd
 
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, SOURCE, DataError
 from promptrec.methods.base import (
-    FALLBACK_PROMPT, Method, PredictsEmbeddings, UsesEmbedder, check_options, from_name, load_saved, method_class,
+    FALLBACK_PROMPT, Method, answer, PredictsEmbeddings, UsesEmbedder, check_options, from_name, load_saved, method_class,
     never_blank, parse_members, safe_child, save_config,
 )
 from promptrec.methods.gate import Gate, gate_features, pair_change, words
@@ -42,9 +43,9 @@ class EnsembleConfig:
     reference: str = "auto"  # select: auto = a member's predicted embedding if one offers it, else the centroid
     suffix: str = ""  # text appended to every prediction; with suffix_steps > 0 fit learns one instead
     suffix_steps: int = 0  # >0: fit optimises a mean prompt on the training prompts for this many steps as the suffix
-    suffix_seconds: float = 60.0  # time budget of that optimisation (and of hedge_steps')
+    suffix_seconds: float = 0.0  # >0: also a time limit on that optimisation and hedge_steps' (0: steps alone, reproducible)
     # gate: >0 also offers a mean prompt (optimised on the training prompts for this many steps) alone and appended to
-    # each member's prompt, as the competition hedged; at 100 steps +0.012 without lora, +0.009 with it (docs/results.md)
+    # each member's prompt, as the competition hedged; the default fit's 100 steps: +0.012 (docs/results.md)
     hedge_steps: int = 0
     separator: str = " "  # joins members' prompts and the suffix
     embedder: str = "proxy"  # metric embedder for select and suffix optimisation: official, proxy or a folder
@@ -63,6 +64,8 @@ class EnsembleConfig:
         if self.hedge_steps < 0 or (self.hedge_steps and self.mode != "gate"):
             raise DataError(f"ensemble: hedge_steps must be 0, or more in gate mode (got {self.hedge_steps}, "
                             f"mode {self.mode})")
+        if self.suffix_seconds < 0:
+            raise DataError(f"ensemble: suffix_seconds must be 0 (no time limit) or more, got {self.suffix_seconds}")
 
     def specs(self) -> list[tuple[str, str]]:
         """The members as (label, method name) pairs, in order."""
@@ -79,11 +82,6 @@ def fill_abstentions(columns: list[list[str | None]]) -> list[list[str]]:
     rows = [[p.strip() if isinstance(p, str) else "" for p in row] for row in zip(*columns)]
     filled = [[p or next((q for q in row if q), FALLBACK_PROMPT) for p in row] for row in rows]
     return [list(col) for col in zip(*filled)] if filled else [[] for _ in columns]
-
-
-def _answered(prompt: str | None) -> bool:
-    """Whether a member's prediction is an answer (not None or blank)."""
-    return isinstance(prompt, str) and bool(prompt.strip())
 
 
 def join_prompts(prompts: list[str], separator: str) -> str:
@@ -131,15 +129,15 @@ class EnsembleMethod(UsesEmbedder):
         rows = len(next(iter(predictions.values()), []))
         out = dict(predictions, mean=[self.hedge] * rows)
         for label in self.members:
-            out[f"{label}+mean"] = [join_prompts([p, self.hedge], self.config.separator) if _answered(p) else None
+            out[f"{label}+mean"] = [join_prompts([p, self.hedge], self.config.separator) if answer(p) else None
                                     for p in predictions[label]]
         return out
 
     def _mean_prompt(self, prompts: list[str], steps: int) -> str:
-        """A mean prompt of `prompts` (optimize-prompt, `steps` steps within suffix_seconds, seeded)."""
+        """A mean prompt of `prompts` (optimize-prompt, `steps` steps, within suffix_seconds if > 0; seeded)."""
         from promptrec.optimize import OptimizeConfig, optimize_prompts
 
-        search = OptimizeConfig(steps=steps, seconds=self.config.suffix_seconds, seed=self.config.seed)
+        search = OptimizeConfig(steps=steps, seconds=self.config.suffix_seconds or math.inf, seed=self.config.seed)
         return optimize_prompts(prompts, self.embedder, config=search).result.text
 
     def fit(self, triples: pd.DataFrame) -> None:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from promptrec.clean import CLOSING, HEADING, LEAD_IN, REFUSAL, REFUSAL_WINDOW
 from promptrec.data import PROMPT, REWRITTEN, DataError, atomic_write
-from promptrec.methods.base import UsesEmbedder, load_saved, safe_child, save_config
+from promptrec.methods.base import UsesEmbedder, answer, load_saved, safe_child, save_config
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +367,7 @@ def coverage(predictions: Sequence[str | None], truths: Sequence[str], embedder,
     covered rows' predictions, labelled with the embedder."""
     from promptrec.metric import score
 
-    covered = np.array([isinstance(p, str) and bool(p.strip()) for p in predictions])
+    covered = np.array([answer(p) is not None for p in predictions])
     per_row = np.full(len(covered), np.nan)
     if covered.any():
         kept = np.flatnonzero(covered)

@@ -19,7 +19,7 @@ import pandas as pd
 from promptrec.data import ORIGINAL, REWRITTEN, DataError
 from promptrec.llm.templates import CHAT_REWRITE, FEWSHOT_REQUEST
 from promptrec.methods.bank import BankConfig, BankMethod, BankOptions, PromptBank, load_banked, save_banked
-from promptrec.methods.base import UsesEmbedder, text_view
+from promptrec.methods.base import UsesEmbedder, answer, text_view
 
 
 @dataclass
@@ -183,7 +183,7 @@ class RerankMethod(UsesEmbedder):
         prompts, scores, baseline = [], [], []
         for row, (original, rewritten) in enumerate(zip(pairs[ORIGINAL], pairs[REWRITTEN])):
             found = [self.bank.prompts[i] for i in top[row]] + [column[row] for column in (extra or {}).values()]
-            candidates = list(dict.fromkeys(p.strip() for p in found if isinstance(p, str) and p.strip()))
+            candidates = list(dict.fromkeys(filter(None, map(answer, found))))
             original = truncate(tokenizer, str(original), cfg.text_tokens)
             rewritten = truncate(tokenizer, str(rewritten), cfg.text_tokens)
             target = tokenizer(rewritten, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
