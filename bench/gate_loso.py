@@ -171,7 +171,7 @@ def member_inputs(table, rows: np.ndarray, key: str, cache: dict, labels: list[s
     return {"answered": np.array([[bool(p) for p in col] for col in columns], dtype=bool).reshape(len(columns), len(rows)),
             "prompt_emb": np.stack([memo.encode([p or FALLBACK_PROMPT for p in col]) for col in columns]),
             "prompt_words": np.stack([words(col) for col in columns]), "change": pair_change(original, rewritten),
-            "rewrite_words": words(pairs[REWRITTEN].tolist()), "reference": reference,
+            "rewrite_words": words(pairs[REWRITTEN].tolist()), "reference": reference, "original": original,
             "form": np.sign(form) * np.log1p(np.abs(form))}
 
 
@@ -181,7 +181,7 @@ def features_of(inputs: dict, idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
 
     answered = inputs["answered"][idx]
     return gate_features(answered, inputs["prompt_emb"][idx], inputs["prompt_words"][idx], inputs["change"],
-                         inputs["rewrite_words"], inputs["reference"]), answered
+                         inputs["rewrite_words"], inputs["reference"], inputs["original"]), answered
 
 
 def with_form(features: np.ndarray, inputs: dict, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -300,6 +300,11 @@ def test_hedged_gate_offers_the_mean_prompt_alone_and_appended_and_saves_it(word
     loaded = load_method(tmp_path / "ens")
     loaded.embedder = word_embedder
     assert loaded.hedge == "poem" and loaded.predict(test) == ["poem"] * 6
+    from promptrec.methods.gate import Gate
+
+    Gate(loaded.choices(), loaded.gate.weights[:, 1:]).save(tmp_path / "ens")  # as saved before the "original" feature
+    with pytest.raises(DataError, match="gate.safetensors: a gate over 13 features; this version computes 14 .* refit"):
+        load_method(tmp_path / "ens")
     with pytest.raises(DataError, match="hedge_steps must be 0, or more in gate mode"):
         _ensemble(word_embedder, mode="concat", hedge_steps=3)
 

@@ -108,7 +108,7 @@ def test_json_matches_recover_members_and_the_metric(capsys, models, cases, tmp_
     assert gate["row_features"]["answered_share"] == 1.0
     for candidate in doc["candidates"]:
         own = gate["member_features"][candidate["label"]]
-        assert list(own) == ["answered", "prompt_words", "agreement", "reference"] and own["answered"] == 1.0
+        assert list(own) == ["answered", "prompt_words", "agreement", "reference", "original"] and own["answered"] == 1.0
         assert candidate["agreement"] == pytest.approx(own["agreement"], abs=1e-5)
     # bank and regressor search their saved banks; their prediction is their nearest bank prompt
     assert list(doc["neighbours"]) == ["bank", "regressor"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from promptrec.data import DataError
-from promptrec.methods.gate import Gate, gate_features, pair_change, words
+from promptrec.methods.gate import FEATURES, Gate, gate_features, pair_change, words
 
 
 def _unit(x):
@@ -18,14 +18,15 @@ def test_features_layout_and_values():
     emb[1, 0] = [1, 0]  # member 1 agrees with member 0 on row 0
     emb[2, 1] = [0, 1]  # member 2 is orthogonal to member 0 on row 1
     reference = np.array([[1, 0], [0, 1]], dtype=np.float32)
+    original = np.array([[0.6, 0.8], [1, 0]], dtype=np.float32)
     feats = gate_features(answered, emb, np.ones((3, 2), np.float32), np.array([0.5, 0.9], np.float32),
-                          np.array([2.0, 3.0], np.float32), reference)
-    assert feats.shape == (3, 2, 1 + 3 + 4 + 3)
-    # bias, change, rewrite words, answered share, answered, words, agreement, reference, flags of members 0..2
-    np.testing.assert_allclose(feats[0, 0], [1, 0.5, 2, 2 / 3, 1, 1, 1.0, 1, 1, 1, 0])
-    np.testing.assert_allclose(feats[0, 1], [1, 0.9, 3, 2 / 3, 1, 1, 0.0, 0, 1, 0, 1])
-    np.testing.assert_allclose(feats[1, 1], [1, 0.9, 3, 2 / 3, 0, 0, 0, 0, 1, 0, 1])  # abstained: own features zero
-    np.testing.assert_allclose(feats[2, 1], [1, 0.9, 3, 2 / 3, 1, 1, 0.0, 1, 1, 0, 1])
+                          np.array([2.0, 3.0], np.float32), reference, original)
+    assert feats.shape == (3, 2, 1 + 3 + 5 + 3) == (3, 2, len(FEATURES) + 3)
+    # bias, change, rewrite words, answered share, answered, words, agreement, reference, original, flags of 0..2
+    np.testing.assert_allclose(feats[0, 0], [1, 0.5, 2, 2 / 3, 1, 1, 1.0, 1, 0.6, 1, 1, 0])
+    np.testing.assert_allclose(feats[0, 1], [1, 0.9, 3, 2 / 3, 1, 1, 0.0, 0, 1, 1, 0, 1])
+    np.testing.assert_allclose(feats[1, 1], [1, 0.9, 3, 2 / 3, 0, 0, 0, 0, 0, 1, 0, 1])  # abstained: own features zero
+    np.testing.assert_allclose(feats[2, 1], [1, 0.9, 3, 2 / 3, 1, 1, 0.0, 1, 0, 1, 0, 1])
 
 
 def test_gate_learns_which_member_to_trust():
@@ -45,7 +46,7 @@ def test_gate_learns_which_member_to_trust():
 
 
 def test_all_abstain_gives_minus_one_and_shape_errors():
-    gate = Gate(["a", "b"], np.ones((2, 1 + 3 + 4 + 2), np.float32))
+    gate = Gate(["a", "b"], np.ones((2, 1 + 3 + 5 + 2), np.float32))
     answered = np.array([[0, 1], [0, 0]], dtype=bool)
     feats = gate_features(answered, np.zeros((2, 2, 3), np.float32), np.zeros((2, 2), np.float32),
                           np.zeros(2, np.float32), np.zeros(2, np.float32))
@@ -55,10 +56,11 @@ def test_all_abstain_gives_minus_one_and_shape_errors():
 
 
 def test_save_load_round_trip(tmp_path):
-    gate = Gate(["x", "y"], np.arange(22, dtype=np.float32).reshape(2, 11))
+    gate = Gate(["x", "y"], np.arange(22, dtype=np.float32).reshape(2, 11))  # 9 features and a flag per member
     gate.save(tmp_path)
     loaded = Gate.load(tmp_path, ["x", "y"])
     np.testing.assert_array_equal(loaded.weights, gate.weights)
+
     with pytest.raises(DataError, match="for 3 members"):
         Gate.load(tmp_path, ["x", "y", "z"])
     with pytest.raises(DataError, match="no gate.safetensors"):

@@ -19,7 +19,7 @@ from promptrec.methods.base import (
     FALLBACK_PROMPT, Method, answer, PredictsEmbeddings, UsesEmbedder, check_options, from_name, load_saved, method_class,
     never_blank, parse_members, safe_child, save_config,
 )
-from promptrec.methods.gate import Gate, gate_features, pair_change, words
+from promptrec.methods.gate import FEATURES, GATE_FILE, Gate, gate_features, pair_change, words
 from promptrec.metric import sharpen
 from promptrec.progress import Steps
 from promptrec.splits import group_folds, scored_rows, source_folds
@@ -215,7 +215,7 @@ class EnsembleMethod(UsesEmbedder):
         if reference is not None and reference.shape[1] != prompt_emb.shape[2]:
             reference = None  # a member predicting in another embedder's space gives no reference here
         features = gate_features(answered, prompt_emb, np.stack([words(col) for col in columns]), change,
-                                 words(pairs[REWRITTEN].tolist()), reference)
+                                 words(pairs[REWRITTEN].tolist()), reference, unit_rows(texts[: len(pairs)]))
         return features, answered, prompt_emb
 
     def adopt(self, label: str, member: Method) -> None:
@@ -310,4 +310,8 @@ class EnsembleMethod(UsesEmbedder):
         method.prefit = set()  # a loaded ensemble refits all its members if fit is called again
         method.learned_suffix, method.hedge = state.get("suffix"), state.get("hedge")
         method.gate = Gate.load(folder, method.choices()) if config.mode == "gate" else None
+        if method.gate is not None and method.gate.weights.shape[1] != len(FEATURES) + len(method.choices()):
+            raise DataError(f"{folder / GATE_FILE}: a gate over {method.gate.weights.shape[1]} features; this version "
+                            f"computes {len(FEATURES) + len(method.choices())} (an older promptrec saved it): refit "
+                            "with `promptrec fit`")
         return method

@@ -21,7 +21,8 @@ from promptrec.vectors import unit_rows
 
 GATE_FILE = "gate.safetensors"
 ROW_FEATURES = ("change", "rewrite_words", "answered_share")  # shared by every member's row
-OWN_FEATURES = ("answered", "prompt_words", "agreement", "reference")  # of the member's own prompt
+# of the member's own prompt; "original": its cosine to the original text (+0.002 leave one source out, docs/results.md)
+OWN_FEATURES = ("answered", "prompt_words", "agreement", "reference", "original")
 FEATURES = ("bias", *ROW_FEATURES, *OWN_FEATURES)  # the first F - m features in order; then one answered flag per member
 MARGINS = (np.inf, 0.12, 0.08, 0.05, 0.03, 0.02, 0.01, 0.005, 0.0)  # tried for each kind, widest first (wins ties)
 
@@ -40,21 +41,23 @@ def member_agreement(answered: np.ndarray, prompt_emb: np.ndarray) -> np.ndarray
 
 
 def gate_features(answered: np.ndarray, prompt_emb: np.ndarray, prompt_words: np.ndarray, change: np.ndarray,
-                  rewrite_words: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+                  rewrite_words: np.ndarray, reference: np.ndarray | None = None,
+                  original: np.ndarray | None = None) -> np.ndarray:
     """(members, n, F) features of each member's prompt on each row.
 
     answered (m, n) bool; prompt_emb (m, n, d) unit rows (any value where a member abstained); prompt_words
     (m, n); change (n,) cosine between the original and rewritten texts; rewrite_words (n,); reference (n, d)
-    unit rows a member predicted for the true prompt, if one does. F = 1 + 3 + 4 + m (a bias, the row
-    features, the member's own features, and which members answered).
+    unit rows a member predicted for the true prompt, if one does; original (n, d) the original texts' unit
+    embeddings. F = 1 + 3 + 5 + m (a bias, the row features, the member's own features, which members answered).
     """
     members, rows = answered.shape
     mask = answered.astype(np.float32)  # (m, n)
     agreement = member_agreement(answered, prompt_emb)  # (m, n)
     ref = np.einsum("mnd,nd->mn", prompt_emb, reference) if reference is not None else np.zeros_like(mask)
+    near_original = np.einsum("mnd,nd->mn", prompt_emb, original) if original is not None else np.zeros_like(mask)
     share = np.broadcast_to(mask.mean(axis=0), (members, rows))
     parts = [np.ones_like(mask), np.broadcast_to(change, (members, rows)), np.broadcast_to(rewrite_words, (members, rows)),
-             share, mask, prompt_words * mask, agreement * mask, ref * mask]
+             share, mask, prompt_words * mask, agreement * mask, ref * mask, near_original * mask]
     flags = np.broadcast_to(mask[None, :, :], (members, members, rows))  # (m, m, n): which members answered
     return np.concatenate([np.stack(parts, axis=-1), flags.transpose(0, 2, 1)], axis=-1).astype(np.float32)
 
