@@ -65,7 +65,7 @@ def test_fit_quality_recipe_is_the_default_ensemble_plus_lora():
     default, quality = ensemble_config(), ensemble_config(None, load_config_file(FIT_CONFIGS[0]))
     assert quality.members == [*default.members, "lora"] and quality.mode == default.mode == "gate"
     assert quality.member_config == {**default.member_config, "lora": {"max_steps": 100, "val_fraction": 0}}
-    assert quality.gate_rows == 100 and default.gate_rows == 0
+    assert quality.gate_rows == 100 and default.gate_rows == 400
     same = {k: v for k, v in vars(default).items() if k not in ("members", "member_config", "gate_rows")}
     assert same == {k: v for k, v in vars(quality).items() if k in same}  # the default's hedge and plain argmax
     assert (default.hedge_steps, default.suffix_seconds, default.gate_calibrate) == (100, 0, False)

@@ -268,6 +268,7 @@ def test_default_ensemble_is_the_gated_offline_members_and_options_merge():
     assert config.members == DEFAULT_MEMBERS == ["best=constant", "bank", "regressor", "evidence"]
     assert config.mode == "gate" and config.member_config == {"best": {"select": True}, "bank": {"query": "direction"}}
     assert (config.hedge_steps, config.suffix_seconds, config.gate_calibrate) == (100, 0, False)  # step budget alone
+    assert config.gate_rows == 400  # per inner fold: no large source outweighs the others
     tuned = ensemble_config(None, {"bank": {"top_k": 2}, "ensemble": {"gate_ridge": 3.0}})
     assert tuned.member_config["bank"] == {"query": "direction", "top_k": 2} and tuned.gate_ridge == 3.0
     assert ensemble_config(["constant"]).mode == "concat" and ensemble_config(["constant"]).member_config == {}
