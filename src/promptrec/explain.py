@@ -196,10 +196,11 @@ def explain(method: Method, case: Case, top_k: int = 5) -> Explanation:
     predictions = {label: list(member.predict(pairs)) for label, member in members.items()}
     raw = method.combine(pairs, predictions) if isinstance(method, Composite) else predictions[method.name]
     final = never_blank(raw)[0]
-    prompts = {label: answer(column[0]) for label, column in predictions.items()}
     gated = isinstance(method, Gated) and method.gate is not None
-    offered = method.hedged(predictions) if gated else predictions  # the gate's agreement spans its hedged choices
-    agreement = _agreement({label: answer(column[0]) for label, column in offered.items()}, embedder)
+    # the gate's choices (members, then any hedged ones): its agreement feature spans all of them
+    offered = {label: answer(column[0]) for label, column in (method.hedged(predictions) if gated else predictions).items()}
+    prompts = {label: offered[label] for label in predictions}
+    agreement = _agreement(offered, embedder)
     scored = [p for p in prompts.values() if p] + [final]
     per_row = score(scored, [case.truth] * len(scored), embedder).per_row if case.truth else [None] * len(scored)
     truth_of = {text: None if s is None else float(s) for text, s in zip(scored, per_row)}

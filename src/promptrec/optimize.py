@@ -237,7 +237,8 @@ def optimize_prompts(prompts: Sequence[str], embedder, start: str | None = None,
         raise DataError("optimiser: no non-empty training prompts")
     start = " ".join(words_of(start)) if start and start.strip() else train[most_typical(train, embedder.encode)[0]]
     objective, vocab = mean_scs_objective(train, embedder.encode), vocabulary(train, config.vocab_size)
-    result = beam_search(start, vocab, objective, config, on_step, mean_scs_guide(train, embedder.encode, vocab))
+    guide = mean_scs_guide(train, embedder.encode, vocab) if config.guided > 0 else None  # unguided: no vocab pass
+    result = beam_search(start, vocab, objective, config, on_step, guide)
     held_start, held_final = (mean_scs_objective(held, embedder.encode)([start, result.text]).tolist()
                               if held else (None, None))
     return PromptReport(result, start, embedder.label, len(train), len(held),

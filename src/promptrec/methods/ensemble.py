@@ -16,7 +16,7 @@ import pandas as pd
 
 from promptrec.data import ORIGINAL, PROMPT, REWRITTEN, SOURCE, DataError
 from promptrec.methods.base import (
-    FALLBACK_PROMPT, Method, answer, PredictsEmbeddings, UsesEmbedder, check_options, from_name, load_saved, method_class,
+    FALLBACK_PROMPT, Method, PredictsEmbeddings, UsesEmbedder, answer, check_options, from_name, load_saved, method_class,
     never_blank, parse_members, safe_child, save_config,
 )
 from promptrec.methods.gate import FEATURES, GATE_FILE, Gate, gate_features, pair_change, words
@@ -79,7 +79,7 @@ def candidate_subsets(count: int, max_subset: int) -> list[tuple[int, ...]]:
 
 def fill_abstentions(columns: list[list[str | None]]) -> list[list[str]]:
     """Members' prompts by column; a blank or None cell takes the first non-blank cell of its row (else the fallback)."""
-    rows = [[p.strip() if isinstance(p, str) else "" for p in row] for row in zip(*columns)]
+    rows = [[answer(p) or "" for p in row] for row in zip(*columns)]
     filled = [[p or next((q for q in row if q), FALLBACK_PROMPT) for p in row] for row in rows]
     return [list(col) for col in zip(*filled)] if filled else [[] for _ in columns]
 
@@ -207,7 +207,7 @@ class EnsembleMethod(UsesEmbedder):
         """The gate's features (m, n, F), which of `predictions`' columns answered (m, n), and their prompt embeddings
         (m, n, d)."""
         embedder = self.embedder
-        columns = [[p.strip() if isinstance(p, str) else "" for p in column] for column in predictions.values()]
+        columns = [[answer(p) or "" for p in column] for column in predictions.values()]
         answered = np.array([[bool(p) for p in col] for col in columns], dtype=bool).reshape(len(columns), len(pairs))
         prompt_emb = np.stack([embedder.encode([p or FALLBACK_PROMPT for p in col]) for col in columns])  # (m, n, d)
         texts = embedder.encode_texts([str(t) for t in pairs[ORIGINAL]] + [str(t) for t in pairs[REWRITTEN]])  # (2n, d)
