@@ -66,6 +66,18 @@ HAND_WRITTEN = [  # rewrite -> (kind, phrase, span, core, cue)
      ("refusal", "a love letter", (40, 53), "as a love letter", "describe")),
     ("The text does not contain any information about a road trip itinerary, therefore I cannot complete it.",
      ("refusal", "a road trip itinerary", (48, 69), "as a road trip itinerary", "contain")),
+    # an offer naming the act, when the lead-in names nothing ("the rewritten text", "an attempt")
+    ("Sure, I'd be happy to help you rewrite the source text without using scientific terms! Here is the "
+     "rewritten text:\nPlants eat light.",
+     ("lead_in", "the source text without using scientific terms", (39, 85), "without using scientific terms", "rewrite")),
+    ("Sure, I'd be happy to help you rewrite the given source text for a child audience! Here's an attempt:\nHi!",
+     ("lead_in", "the given source text for a child audience", (39, 81), "for a child audience", "rewrite")),
+    ("As an AI, I can help you revise the disclosure to be more casual. Here's a suggestion:\n\nHey folks,",
+     ("lead_in", "the disclosure to be more casual", (32, 64), "as a disclosure to be more casual", "revise")),
+    # a relative clause after the generic words keeps its verb
+    ("Sure, here's a modified version of the text that focuses on problem-solving aspects: - Hi",
+     ("lead_in", "a modified version of the text that focuses on problem-solving aspects", (13, 83),
+      "so that it focuses on problem-solving aspects", "modified")),
 ]
 NO_EVIDENCE = [
     "The meeting moved to Thursday because the projector broke.",
@@ -76,6 +88,10 @@ NO_EVIDENCE = [
     "I cannot provide the requested content as I do not hold opinions.",  # nor here: a reason
     "The text does not contain any information that would allow me to do this, therefore I cannot.",  # no task named
     "I am unable to provide a framed version of the text you provided as I do not have the ability.",  # a reason
+    "Sure, here is a rewritten version of the source text using the given prompt:\nNavigate the",  # names the prompt
+    "Convert this into the requested content.",  # Gemma echoing its instruction names nothing
+    "## Instructions\n\n1. Mix the flour.",  # a title that names only the instruction
+    "I'd be happy to help you find academic articles on the topic.",  # an offer of something else
     "",
 ]
 
@@ -97,6 +113,9 @@ def test_instruction_clause():
     assert instruction_clause("the mindfulness exercise you requested") == "as a mindfulness exercise"
     assert instruction_clause("a description of the space exploration plan as an extreme sport") == "as an extreme sport"
     assert instruction_clause("the rewritten text") == ""
+    assert instruction_clause("a rewritten version of the source text that is shorter") == "so that it is shorter"
+    assert instruction_clause("a message that adheres to academic standards") == "as a message that adheres to academic standards"
+    assert instruction_clause("the rewritten text using the given prompt") == ""
 
 
 REAL_ROWS = [  # (file, id) -> (kind, phrase, span, core, cue), read from the raw rewritten_text
@@ -142,7 +161,7 @@ def test_real_coverage_counts():
     # The rules find evidence in 70% of the raw Gemma rewrites of Wikipedia openings and none of Dolly's lead-ins.
     table = read_table(shared_file("gemma_wiki_2977.csv"), TRIPLE_COLUMNS)
     kinds = pd.Series([f.kind if f else "none" for f in evidence_table(table)]).value_counts().to_dict()
-    assert kinds == {"heading": 1043, "lead_in": 946, "none": 849, "refusal": 139}
+    assert kinds == {"heading": 1039, "lead_in": 946, "none": 853, "refusal": 139}
 
 
 def _triples(rewrites: list[str], prompts: list[str]) -> pd.DataFrame:

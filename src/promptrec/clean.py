@@ -18,6 +18,14 @@ LEAD_IN = re.compile(
     rf"^[\s*#_>]*(?:{_GREETING}\b[^\n:]{{0,80}}?)?\b{_HERE_IS}\s+(?P<phrase>[^\n:.!?]*[^\s\n:.!?*])",
     re.IGNORECASE,
 )
+# "I'd be happy to help you rewrite the text without scientific terms!" (an offer naming the act, early in the text)
+OFFER = re.compile(
+    r"\b(?:help(?:ing)? you(?: to)?|(?:happy|glad) to|i can|i will|i'll|let me)\s+(?P<verb>rewrite|rephrase|revise|"
+    r"reword|convert|transform|translate|adapt|recast|reframe|simplify|turn|modify|change|edit|put|present)\s+"
+    r"(?P<phrase>[^\n:.!?]*[^\s\n:.!?*])",
+    re.IGNORECASE,
+)
+OFFER_WINDOW = 300  # an offer is read in the first characters only
 HEADING = re.compile(  # matched against one whole line: "## X", "**X**" or "Title: X"
     r"[ \t]*(?:#{1,6}[ \t]+(?P<hash>[^\n]+?)|\*\*(?P<bold>[^*\n]+?)\*\*[ \t]*:?|"
     r"(?:title|subject|headline)[ \t]*:[ \t]*(?P<title>[^\n]+?))[ \t]*",

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from promptrec.clean import CLOSING, HEADING, LEAD_IN, REFUSAL, REFUSAL_WINDOW
+from promptrec.clean import CLOSING, HEADING, LEAD_IN, OFFER, OFFER_WINDOW, REFUSAL, REFUSAL_WINDOW
 from promptrec.data import PROMPT, REWRITTEN, DataError, atomic_write
 from promptrec.methods.base import UsesEmbedder, answer, load_saved, safe_child, save_config
 
@@ -41,7 +41,8 @@ _ACTS = set(
 # Words that say "the text, changed" and nothing about how: stripped from the front of an extracted phrase.
 _GENERIC = _ACTS | set(
     "the a an your my this that our text texts passage paragraph paragraphs sentence sentences content version "
-    "completed requested original source given provided above following new possible final same piece".split()
+    "completed requested original source given provided above following new possible final same piece attempt try "
+    "draft suggestion".split()
 )
 # Words that open an instruction clause: "as a poem", "in the style of", "into a riddle", "without jargon".
 _RELATIONS = set(
@@ -49,6 +50,8 @@ _RELATIONS = set(
     "emphasizing focusing".split()
 )
 _CLAUSE_STARTS = {"as", "in", "into", "with", "using", "without"}
+# Words by which a rewrite names its instruction without saying it ("using the given prompt"): no evidence.
+_SELF = {"prompt", "prompts", "instruction", "instructions", "request"}
 _INPUT_NOUNS = set("text passage paragraph sentence article segment content original source input".split())
 # Refusals name what they will not do with words that carry no instruction: those phrases are not evidence.
 _REFUSAL_GENERIC = set(
@@ -88,33 +91,42 @@ def act_cue(phrase: str) -> str:
 
 def instruction_clause(phrase: str, generic: set[str] = _GENERIC) -> str:
     """The instruction clause of an extracted phrase: generic leading words ("the rewritten text") and trailing
-    asides ("you requested") go; a bare noun phrase becomes "as a <noun phrase>". Empty when nothing is left."""
-    words = _strip_generic(phrase.replace("**", "").split(), generic)
-    if words and words[0].lower() == "of":
+    asides ("you requested") go; a bare noun phrase becomes "as a <noun phrase>", a relative clause after generic
+    words ("the text that is shorter") "so that it is shorter". Empty when nothing is left, or nothing but a
+    reference to the prompt itself ("using the given prompt")."""
+    words = phrase.replace("**", "").split()
+    kept = _strip_generic(words, generic)
+    if kept and kept[0].lower() == "of":
         # "(a rewritten version) of the source text in the style of X": the of-part names the input; without
         # an input noun ("(a description) of the plan as an extreme sport") the instruction starts at "as".
-        nouns = [i for i, w in enumerate(words[:5]) if w.lower().strip(",") in _INPUT_NOUNS]
-        later = [i for i, w in enumerate(words) if w.lower() in _CLAUSE_STARTS]
+        nouns = [i for i, w in enumerate(kept[:5]) if w.lower().strip(",") in _INPUT_NOUNS]
+        later = [i for i, w in enumerate(kept) if w.lower() in _CLAUSE_STARTS]
         cut = nouns[0] + 1 if nouns else later[0] if later else 1
-        words = _strip_generic(words[cut:], generic)
+        kept = _strip_generic(kept[cut:], generic)
+    relative = len(kept) < len(words) and words[len(words) - len(kept) - 1].lower() in ("that", "which")
     text = re.sub(r"\s*,?\s*(?:that )?(?:you(?:'ve| have)? (?:requested|asked for|provided|described)|as requested|"
                   r"for you|(?:from|of|based on|for) the (?:given |provided |original |source )?(?:text|passage|context))$",
-                  "", " ".join(words), flags=re.IGNORECASE).strip(" ,;-–")
-    if not text or all(w.lower() in generic for w in text.split()):
+                  "", " ".join(kept), flags=re.IGNORECASE).strip(" ,;-–")
+    if not text or all(w.lower() in generic | _RELATIONS | _SELF for w in text.split()):
         return ""
     first = text.split()[0]
+    if relative:
+        return f"so that it {text}"
     if first.lower() in _RELATIONS:
         return text
     return f"as {'an' if first[0].lower() in 'aeiou' else 'a'} {text}"
 
 
 def _lead_in(text: str) -> Evidence | None:
-    """A "Sure, here's <phrase>:" opening whose phrase names more than "the text"."""
+    """A "Sure, here's <phrase>:" opening whose phrase names more than "the text", else an offer naming the act
+    early on ("I'd be happy to help you rewrite the text for a child!")."""
     match = LEAD_IN.match(text[:600])
-    if match is None:
-        return None
-    core = instruction_clause(match["phrase"])
-    return Evidence("lead_in", match["phrase"], match.span("phrase"), core, act_cue(match["phrase"])) if core else None
+    core = instruction_clause(match["phrase"]) if match else ""
+    if core:
+        return Evidence("lead_in", match["phrase"], match.span("phrase"), core, act_cue(match["phrase"]))
+    match = OFFER.search(text[:OFFER_WINDOW])
+    core = instruction_clause(match["phrase"], _GENERIC | {"it", "this"}) if match else ""
+    return Evidence("lead_in", match["phrase"], match.span("phrase"), core, match["verb"].lower()) if core else None
 
 
 def _lead_in_end(text: str) -> int:
@@ -140,7 +152,8 @@ def _heading(text: str) -> Evidence | None:
     phrase = inner[0]
     if "[" in phrase or phrase.endswith(",") or len(phrase.split()) > 15 or LEAD_IN.match(phrase):
         return None  # placeholders ("[Your Name]"), salutations ("Dear Sir,"), sentences, bold lead-ins
-    return Evidence("heading", phrase, inner.span(), instruction_clause(phrase))
+    core = instruction_clause(phrase)
+    return Evidence("heading", phrase, inner.span(), core) if core else None
 
 
 def _closing(text: str) -> Evidence | None:
