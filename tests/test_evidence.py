@@ -116,6 +116,7 @@ def test_instruction_clause():
     assert instruction_clause("a rewritten version of the source text that is shorter") == "so that it is shorter"
     assert instruction_clause("a message that adheres to academic standards") == "as a message that adheres to academic standards"
     assert instruction_clause("the rewritten text using the given prompt") == ""
+    assert instruction_clause("a plan for a moon colony based on the given source text") == "as a plan for a moon colony"
 
 
 REAL_ROWS = [  # (file, id) -> (kind, phrase, span, core, cue), read from the raw rewritten_text

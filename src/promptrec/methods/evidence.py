@@ -105,7 +105,7 @@ def instruction_clause(phrase: str, generic: set[str] = _GENERIC) -> str:
         kept = _strip_generic(kept[cut:], generic)
     relative = len(kept) < len(words) and words[len(words) - len(kept) - 1].lower() in ("that", "which")
     text = re.sub(r"\s*,?\s*(?:that )?(?:you(?:'ve| have)? (?:requested|asked for|provided|described)|as requested|"
-                  r"for you|(?:from|of|based on|for) the (?:given |provided |original |source )?(?:text|passage|context))$",
+                  r"for you|(?:from|of|based on|for) the (?:(?:given|provided|original|source) )*(?:text|passage|context))$",
                   "", " ".join(kept), flags=re.IGNORECASE).strip(" ,;-–")
     if not text or all(w.lower() in generic | _RELATIONS | _SELF for w in text.split()):
         return ""
