@@ -1,9 +1,9 @@
 """Method `evidence`: read the instruction a rewriter left in its own output and turn it into a prompt.
 
 Real rewrites often say what they were asked to do: a lead-in ("Sure, here's the text rewritten as a gamer's
-guide:") or an offer ("I'd be happy to help you rewrite the text without jargon!"), a title on the first line ("## Time Travel Agency Billboard Ads"), a closing note ("I have rewritten
-the text in the style of a pirate."), or a refusal that restates the task ("I am unable to convert the text into
-a manifesto ..."). `find_evidence` extracts that phrase by rules; `fit` learns from training triples which verb
+guide:") or an offer ("I'd be happy to help you rewrite the text without jargon!"), a title on the first line
+("## Time Travel Agency Billboard Ads"), a closing note ("I have rewritten the text in the style of a pirate."), or
+a refusal that restates the task ("I am unable to convert the text into a manifesto ..."). `find_evidence` extracts that phrase by rules; `fit` learns from training triples which verb
 the prompts used for each cue word ("converted" -> "Convert"), which phrase -> prompt template scores best per kind
 of evidence, and abstains on kinds that do not beat the best constant prompt. Rows without evidence get None.
 """
