@@ -69,7 +69,8 @@ HAND_WRITTEN = [  # rewrite -> (kind, phrase, span, core, cue)
     # an offer naming the act, when the lead-in names nothing ("the rewritten text", "an attempt")
     ("Sure, I'd be happy to help you rewrite the source text without using scientific terms! Here is the "
      "rewritten text:\nPlants eat light.",
-     ("lead_in", "the source text without using scientific terms", (39, 85), "without using scientific terms", "rewrite")),
+     ("lead_in", "the source text without using scientific terms", (39, 85), "without using scientific terms",
+      "rewrite")),
     ("Sure, I'd be happy to help you rewrite the given source text for a child audience! Here's an attempt:\nHi!",
      ("lead_in", "the given source text for a child audience", (39, 81), "for a child audience", "rewrite")),
     ("As an AI, I can help you revise the disclosure to be more casual. Here's a suggestion:\n\nHey folks,",
@@ -114,7 +115,7 @@ def test_instruction_clause():
     assert instruction_clause("a description of the space exploration plan as an extreme sport") == "as an extreme sport"
     assert instruction_clause("the rewritten text") == ""
     assert instruction_clause("a rewritten version of the source text that is shorter") == "so that it is shorter"
-    assert instruction_clause("a message that adheres to academic standards") == "as a message that adheres to academic standards"
+    assert instruction_clause("a message that adheres to the standards") == "as a message that adheres to the standards"
     assert instruction_clause("the rewritten text using the given prompt") == ""
     assert instruction_clause("a plan for a moon colony based on the given source text") == "as a plan for a moon colony"
 

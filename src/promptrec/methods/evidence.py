@@ -3,9 +3,10 @@
 Real rewrites often say what they were asked to do: a lead-in ("Sure, here's the text rewritten as a gamer's
 guide:") or an offer ("I'd be happy to help you rewrite the text without jargon!"), a title on the first line
 ("## Time Travel Agency Billboard Ads"), a closing note ("I have rewritten the text in the style of a pirate."), or
-a refusal that restates the task ("I am unable to convert the text into a manifesto ..."). `find_evidence` extracts that phrase by rules; `fit` learns from training triples which verb
-the prompts used for each cue word ("converted" -> "Convert"), which phrase -> prompt template scores best per kind
-of evidence, and abstains on kinds that do not beat the best constant prompt. Rows without evidence get None.
+a refusal that restates the task ("I am unable to convert the text into a manifesto ..."). `find_evidence` extracts
+that phrase by rules; `fit` learns from training triples which verb the prompts used for each cue word ("converted"
+-> "Convert"), which phrase -> prompt template scores best per kind of evidence, and abstains on kinds that do not
+beat the best constant prompt. Rows without evidence get None.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def instruction_clause(phrase: str, generic: set[str] = _GENERIC) -> str:
         kept = _strip_generic(kept[cut:], generic)
     relative = len(kept) < len(words) and words[len(words) - len(kept) - 1].lower() in ("that", "which")
     text = re.sub(r"\s*,?\s*(?:that )?(?:you(?:'ve| have)? (?:requested|asked for|provided|described)|as requested|"
-                  r"for you|(?:from|of|based on|for) the (?:(?:given|provided|original|source) )*(?:text|passage|context))$",
+                  r"for you|(?:from|of|based on|for) the (?:(?:given|provided|original|source) )*"
+                  r"(?:text|passage|context))$",
                   "", " ".join(kept), flags=re.IGNORECASE).strip(" ,;-–")
     if not text or all(w.lower() in generic | _RELATIONS | _SELF for w in text.split()):
         return ""
