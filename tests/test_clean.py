@@ -19,6 +19,8 @@ CASES = [
     ("I'm sorry, but I cannot do that.", "", ["refusal"]),
     ("The context is missing, therefore, I cannot answer it.", "", ["refusal"]),
     ("Sure, here is the answer:\n\nI cannot generate that content.", "", ["chatter", "refusal"]),
+    ("As an AI language model, I cannot write that.", "", ["refusal"]),
+    ("As an AI, I can help you make it casual.\nHey folks!", "As an AI, I can help you make it casual.\nHey folks!", []),
     ("## The Title\n\nBody text.", "The Title\n\nBody text.", ["heading_markup"]),
     ("**Bold Title**\n\nBody.", "Bold Title\n\nBody.", ["heading_markup"]),
     ("One.\n\n\n\nTwo.", "One.\n\nTwo.", ["blank_lines"]),

@@ -51,7 +51,8 @@ REFUSAL_WINDOW = 300  # a refusal restating the task is read in the first charac
 # A refusal, once leading chatter and markup are gone: the whole row becomes empty.
 _REFUSAL_START = re.compile(
     r"^(?:I cannot|I can not|I can't|I am unable to|I'm unable to|I am not able to|I'm sorry|"
-    r"I apologi[sz]e|As an AI\b|As a virtual assistant, I (?:cannot|can't|do not|don't))",
+    r"I apologi[sz]e|As (?:an AI(?: language model| assistant)?|a virtual assistant),? I (?:cannot|can't|can not|"
+    r"am unable|am not able|do not|don't|won't))",
     re.IGNORECASE,
 )
 _REFUSAL_ANYWHERE = re.compile(
