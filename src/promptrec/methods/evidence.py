@@ -109,7 +109,8 @@ def instruction_clause(phrase: str, generic: set[str] = _GENERIC) -> str:
                   r"for you|(?:from|of|based on|for) the (?:(?:given|provided|original|source) )*"
                   r"(?:text|passage|context))$",
                   "", " ".join(kept), flags=re.IGNORECASE).strip(" ,;-–")
-    if not text or all(w.lower() in generic | _RELATIONS | _SELF for w in text.split()):
+    empty = generic | _RELATIONS | _SELF  # a text of only these words names no instruction
+    if not text or all(w.lower() in empty for w in text.split()):
         return ""
     first = text.split()[0]
     if relative:
@@ -127,7 +128,7 @@ def _lead_in(text: str) -> Evidence | None:
     if core:
         return Evidence("lead_in", match["phrase"], match.span("phrase"), core, act_cue(match["phrase"]))
     match = OFFER.search(text[:OFFER_WINDOW])
-    core = instruction_clause(match["phrase"], _GENERIC | {"it", "this"}) if match else ""
+    core = instruction_clause(match["phrase"], _GENERIC | {"it"}) if match else ""  # "I can revise it for you"
     return Evidence("lead_in", match["phrase"], match.span("phrase"), core, match["verb"].lower()) if core else None
 
 
